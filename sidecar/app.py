@@ -1,0 +1,126 @@
+"""Build the sidecar from a Config and run it.
+
+Start order is exporters -> pipeline -> receivers -> HTTP endpoints, so no
+record is accepted before there is somewhere for it to go; stop runs in
+reverse: receivers stop accepting, the pipeline drains within the grace
+period, exporters flush. Readiness turns true only when everything started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Protocol
+
+from sidecar.config import Config, Secrets
+from sidecar.exporters.base import Exporter
+from sidecar.exporters.jsonl import FileExporterSettings, JsonLinesExporter
+from sidecar.pipeline import Pipeline, Stage
+from sidecar.receivers.forward import ForwardReceiver
+from sidecar.receivers.grpc_server import GrpcHealth
+from sidecar.receivers.grpc_service import GrpcReceiver
+from sidecar.receivers.lumberjack import LumberjackReceiver
+from sidecar.receivers.otlp import OtlpReceiver
+from sidecar.status_server import StatusServer
+from sidecar.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class Receiver(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
+def build_exporters(config: Config) -> list[Exporter]:
+    exporters: list[Exporter] = []
+    for settings in config.exporters:
+        if isinstance(settings, FileExporterSettings):
+            exporters.append(JsonLinesExporter.file(settings))
+        else:
+            exporters.append(JsonLinesExporter.stdout())
+    return exporters
+
+
+class App:
+    """One running sidecar: telemetry, pipeline, receivers, HTTP endpoints."""
+
+    def __init__(self, config: Config, secrets: Secrets, *,
+                 exporters: Sequence[Exporter] | None = None,
+                 telemetry: Telemetry | None = None):
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self.pipeline = Pipeline(config.pipeline, self._stages(),
+                                 build_exporters(config) if exporters is None else exporters,
+                                 self.telemetry)
+        self.grpc_health = GrpcHealth()
+        self.receivers = self._receivers(config, secrets)
+        self.status = (StatusServer(config.http.host, config.http.port, self.telemetry)
+                       if config.http.enabled else None)
+
+    def _receivers(self, config: Config, secrets: Secrets) -> list[Receiver]:
+        r, submit, telemetry = config.receivers, self.pipeline.submit, self.telemetry
+        receivers: list[Receiver] = []
+        if r.forward.enabled:
+            receivers.append(ForwardReceiver(r.forward, submit, telemetry,
+                                             shared_key=secrets.forward_shared_key))
+        if r.otlp.enabled:
+            receivers.append(OtlpReceiver(r.otlp, submit, telemetry, self.grpc_health))
+        if r.grpc.enabled:
+            receivers.append(GrpcReceiver(r.grpc, submit, telemetry, self.grpc_health))
+        if r.lumberjack.enabled:
+            receivers.append(LumberjackReceiver(r.lumberjack, submit, telemetry))
+        return receivers
+
+    def _stages(self) -> list[Stage]:
+        return []
+
+    async def start(self) -> None:
+        """Start everything; on failure, stop what already started and re-raise."""
+        self.telemetry.health.set("receivers", False)
+        try:
+            await self.pipeline.start()
+            for receiver in self.receivers:
+                await receiver.start()
+            if self.status is not None:
+                self.status.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.telemetry.health.set("receivers", True)
+        await self.grpc_health.set_serving(True)
+
+    async def stop(self) -> int:
+        """Stop in reverse order; returns records lost to the grace period."""
+        self.telemetry.health.set("receivers", False)
+        await self.grpc_health.set_serving(False)
+        grace = self.config.pipeline.shutdown_grace_seconds
+        for receiver in reversed(self.receivers):
+            await receiver.stop(grace)
+        lost = await self.pipeline.stop()
+        if self.status is not None:
+            self.status.stop()
+        return lost
+
+    async def run_until_signal(self) -> int:
+        """Run until SIGTERM or SIGINT, then shut down gracefully; returns records lost."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("listening: %s", ", ".join(self.describe_listeners()))
+        await stop.wait()
+        log.info("shutting down (grace %.1fs)", self.config.pipeline.shutdown_grace_seconds)
+        return await self.stop()
+
+    def describe_listeners(self) -> list[str]:
+        out = [f"{r.name}={getattr(r, 'port', '?')}" for r in self.receivers]
+        if self.status is not None:
+            out.append(f"http={self.status.port}")
+        return out

@@ -1,0 +1,19 @@
+"""Every default that config, k8s manifests, shipper configs and docs share.
+
+One source of truth: tests check that the manifests under ``k8s/`` and the
+snippets under ``fluent-plugin-config/`` use these values.
+"""
+
+LISTEN_HOST = "127.0.0.1"
+
+FORWARD_PORT = 24224
+OTLP_GRPC_PORT = 4317
+GRPC_PORT = 50051
+LUMBERJACK_PORT = 5044
+HTTP_PORT = 8080
+
+DATA_DIR = "/var/lib/logminer"
+
+HASH_SECRET_ENV = "LOGMINER_HASH_SECRET"
+TOKEN_STORE_KEY_ENV = "LOGMINER_TOKEN_STORE_KEY"
+FORWARD_SHARED_KEY_ENV = "LOGMINER_FORWARD_SHARED_KEY"

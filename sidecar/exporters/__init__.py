@@ -1,0 +1,1 @@
+"""Exporters: where sanitized records go (stdout/file JSONL, downstream Fluentd, SIEM)."""

@@ -1,0 +1,80 @@
+"""JSON-lines exporters: one sanitized record per line, on stdout or in a file.
+
+For local use, the demo and debugging. Writes happen in a worker thread so a
+slow terminal or disk never stalls the event loop; a write error is reported
+as RETRY (the pipeline backs off and tries again), never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+from sidecar.exporters.base import ExportResult
+from sidecar.record import Batch
+
+
+@dataclass(frozen=True)
+class StdoutExporterSettings:
+    type: Literal["stdout"] = field(default="stdout", metadata={"doc": "JSON lines on stdout."})
+
+
+@dataclass(frozen=True)
+class FileExporterSettings:
+    type: Literal["file"] = field(default="file",
+                                  metadata={"doc": "JSON lines appended to a file."})
+    path: str = field(default="logminer-records.jsonl", metadata={"doc": "File to append to."})
+
+
+def encode(batch: Batch) -> bytes:
+    """The batch as UTF-8 JSON lines (compact, keys in a fixed order)."""
+    return "".join(
+        json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
+        for record in batch
+    ).encode("utf-8", "replace")
+
+
+class JsonLinesExporter:
+    """Writes batches to a binary stream opened by ``start``."""
+
+    def __init__(self, name: str, open_stream: Callable[[], IO[bytes]], close_stream: bool):
+        self.name = name
+        self._open = open_stream
+        self._close = close_stream
+        self._stream: IO[bytes] | None = None
+
+    @classmethod
+    def stdout(cls) -> JsonLinesExporter:
+        return cls("stdout", lambda: sys.stdout.buffer, close_stream=False)
+
+    @classmethod
+    def file(cls, settings: FileExporterSettings) -> JsonLinesExporter:
+        path = Path(settings.path)
+        return cls(f"file:{path.name}", lambda: path.open("ab"), close_stream=True)
+
+    async def start(self) -> None:
+        self._stream = self._open()
+
+    async def export(self, batch: Batch) -> ExportResult:
+        assert self._stream is not None, "start() was not awaited"
+        data = encode(batch)
+        try:
+            await asyncio.to_thread(self._write, data)
+        except OSError:
+            return ExportResult.RETRY
+        return ExportResult.SUCCESS
+
+    def _write(self, data: bytes) -> None:
+        assert self._stream is not None
+        self._stream.write(data)
+        self._stream.flush()
+
+    async def shutdown(self) -> None:
+        if self._stream is not None and self._close:
+            self._stream.close()
+        self._stream = None

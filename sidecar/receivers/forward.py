@@ -1,0 +1,130 @@
+"""Fluentd forward protocol listener: a thin asyncio shell over ``codecs.forward``.
+
+Per connection: read bytes, feed the sans-IO codec, turn each entries event
+into one Batch and ``submit`` it. While ``submit`` waits (the pipeline is
+full) the connection is not read, so TCP flow control slows the sender; the
+``ack`` for a ``chunk`` is written only after ``submit`` returned. If the
+pipeline stays full past its admission timeout the connection is closed
+without an ack, so the sender resends the chunk; nothing is dropped silently.
+A peer that sends invalid data has its connection closed and counted by
+error kind; every other connection flows on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar import defaults
+from sidecar.codecs import forward as codec
+from sidecar.codecs.errors import RemoteProtocolError
+from sidecar.pipeline import Submit
+from sidecar.receivers.tcp import READ_SIZE, TcpReceiver
+from sidecar.record import Batch, Record
+from sidecar.telemetry import Telemetry
+from sidecar.tls import TlsSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    enabled: bool = field(default=True, metadata={"doc": "Listen for the forward protocol."})
+    host: str = field(default=defaults.LISTEN_HOST, metadata={"doc": "Listen address."})
+    port: int = field(default=defaults.FORWARD_PORT,
+                      metadata={"doc": "Listen port (0 = any free port).", "min": 0,
+                                "max": 65535})
+    body_keys: tuple[str, ...] = field(
+        default=("message", "log", "msg"),
+        metadata={"doc": "Record keys holding the message text; the first present wins."})
+    max_buffer_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={"doc": "Most bytes buffered for one incomplete message.", "min": 1024})
+    max_record_bytes: int = field(
+        default=1024 * 1024, metadata={"doc": "Largest accepted record.", "min": 64})
+    max_decompressed_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={"doc": "Largest accepted gzip chunk after inflation.", "min": 1024})
+    require_shared_key: bool = field(
+        default=False,
+        metadata={"doc": "Require the shared_key handshake (key from "
+                         "LOGMINER_FORWARD_SHARED_KEY[_FILE])."})
+    tls: TlsSettings = field(default_factory=TlsSettings, metadata={"doc": "TLS for senders."})
+
+
+def _plain(value: Any) -> Any:
+    """Make msgpack values JSON-safe: bytes become text (invalid UTF-8 replaced)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_record(tag: str, entry: codec.Entry, body_keys: tuple[str, ...]) -> Record:
+    """Map one forward entry to a Record: the first body key found is the body.
+
+    A record with none of the body keys keeps all its fields as attributes and
+    gets its compact JSON as the body, so there is always text to redact,
+    template and score.
+    """
+    fields = _plain(entry.record)
+    body = None
+    for key in body_keys:
+        if isinstance(fields.get(key), str):
+            body = fields.pop(key)
+            break
+    if body is None:
+        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        fields = {}
+    severity = fields.get("level") or fields.get("severity") or ""
+    return Record(body=body, time_ns=entry.time_ns, tag=tag, attributes=fields,
+                  severity=severity if isinstance(severity, str) else str(severity))
+
+
+class ForwardReceiver(TcpReceiver):
+    name = "forward"
+
+    def __init__(self, settings: ForwardSettings, submit: Submit, telemetry: Telemetry,
+                 *, shared_key: bytes | None = None):
+        if settings.require_shared_key and not shared_key:
+            raise ValueError("receivers.forward.require_shared_key is set but "
+                             f"{defaults.FORWARD_SHARED_KEY_ENV} is not")
+        super().__init__(settings.host, settings.port, settings.tls, submit, telemetry)
+        self._settings = settings
+        self._shared_key = shared_key if settings.require_shared_key else None
+
+    async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        s = self._settings
+        conn = codec.ServerConnection(
+            shared_key=self._shared_key, max_buffer_bytes=s.max_buffer_bytes,
+            max_record_bytes=s.max_record_bytes, max_decompressed_bytes=s.max_decompressed_bytes)
+        writer.write(conn.initial_bytes())
+        while True:
+            conn.receive_data(await reader.read(READ_SIZE))
+            while True:
+                try:
+                    event = conn.next_event()
+                except RemoteProtocolError as exc:
+                    writer.write(conn.data_to_send())
+                    self._telemetry.count_receiver_error(self.name, exc.error_kind)
+                    log.warning("forward: closing connection: %s", exc)
+                    return
+                writer.write(conn.data_to_send())
+                if event is codec.NEED_DATA:
+                    break
+                if isinstance(event, codec.ConnectionClosed):
+                    return
+                if isinstance(event, codec.EntriesReceived):
+                    batch = Batch([to_record(event.tag, e, s.body_keys) for e in event.entries],
+                                  source=self.name)
+                    if not await self.submit(batch):
+                        return
+                    if event.chunk is not None:
+                        writer.write(conn.ack(event.chunk))
+            await writer.drain()

@@ -1,0 +1,105 @@
+"""The app-owned Prometheus registry and the sidecar's health state.
+
+Every component gets the one ``Telemetry`` object the app builds and counts
+through its methods, so metric names and label sets live in one place and no
+component touches the global registry. Label values are fixed identifiers
+(receiver, stage, exporter, error kind) or shipper tags; tags are capped at
+``max_tags`` distinct values (the rest count as ``other``) so a shipper that
+puts pod names in tags cannot blow up cardinality. No label ever carries
+record content.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sidecar.record import Batch
+
+OTHER_TAG = "other"
+
+
+@dataclass
+class Health:
+    """Liveness and readiness, as named conditions.
+
+    The process is live while its event loop answers; it is ready when every
+    registered condition is true (receivers listening, model loaded, ...).
+    """
+
+    _conditions: dict[str, bool] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def set(self, name: str, ok: bool) -> None:
+        with self._lock:
+            self._conditions[name] = ok
+
+    def ready(self) -> bool:
+        with self._lock:
+            return bool(self._conditions) and all(self._conditions.values())
+
+    def conditions(self) -> dict[str, bool]:
+        with self._lock:
+            return dict(self._conditions)
+
+
+class Telemetry:
+    """Metrics and health for one sidecar instance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_tags: int = 100):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.health = Health()
+        self._max_tags = max_tags
+        self._tags: set[str] = set()
+        self._tags_lock = threading.Lock()
+        r = self.registry
+        self.received = Counter(
+            "logminer_receiver_records", "Records accepted from senders.",
+            ["receiver", "tag"], registry=r)
+        self.receiver_errors = Counter(
+            "logminer_receiver_errors", "Inputs rejected or connections closed, by kind.",
+            ["receiver", "kind"], registry=r)
+        self.stage_in = Counter(
+            "logminer_pipeline_records_in", "Records entering a pipeline stage.",
+            ["stage"], registry=r)
+        self.stage_out = Counter(
+            "logminer_pipeline_records_out", "Records leaving a pipeline stage.",
+            ["stage"], registry=r)
+        self.stage_errors = Counter(
+            "logminer_pipeline_errors", "Batches a stage failed on.", ["stage"], registry=r)
+        self.dropped = Counter(
+            "logminer_pipeline_dropped_records", "Records dropped, by reason (never silent).",
+            ["reason"], registry=r)
+        self.queue_depth = Gauge(
+            "logminer_pipeline_queue_records", "Records waiting in the pipeline queue.",
+            registry=r)
+        self.exported = Counter(
+            "logminer_exporter_records", "Records an exporter delivered.",
+            ["exporter"], registry=r)
+        self.export_errors = Counter(
+            "logminer_exporter_errors", "Failed export attempts, by kind.",
+            ["exporter", "kind"], registry=r)
+
+    def tag_label(self, tag: str) -> str:
+        """Return ``tag`` as a label value, or ``other`` once the cap is reached."""
+        with self._tags_lock:
+            if tag in self._tags:
+                return tag
+            if len(self._tags) < self._max_tags:
+                self._tags.add(tag)
+                return tag
+        return OTHER_TAG
+
+    def count_received(self, receiver: str, batch: Batch) -> None:
+        """Count a batch a receiver accepted, per tag."""
+        per_tag: dict[str, int] = {}
+        for record in batch.records:
+            per_tag[record.tag] = per_tag.get(record.tag, 0) + 1
+        for tag, n in per_tag.items():
+            self.received.labels(receiver=receiver, tag=self.tag_label(tag)).inc(n)
+
+    def count_receiver_error(self, receiver: str, kind: str, n: int = 1) -> None:
+        """Count a rejected input; ``kind`` is a fixed identifier, never peer text."""
+        self.receiver_errors.labels(receiver=receiver, kind=kind).inc(n)

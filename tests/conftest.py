@@ -1,0 +1,64 @@
+"""Shared fixtures: run `logminer` as a real subprocess on free ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+LISTENING = re.compile(r"listening: (.*)")
+
+
+class Sidecar:
+    """A `logminer serve` subprocess; ``ports`` maps listener name -> bound port."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+        self.ports: dict[str, int] = {}
+        self.stderr_lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline().decode()
+            if not line:
+                break
+            self.stderr_lines.append(line)
+            match = LISTENING.search(line)
+            if match:
+                self.ports = {k: int(v) for k, v in
+                              (item.split("=") for item in match.group(1).split(", "))}
+                return
+        self.proc.kill()
+        raise RuntimeError("sidecar did not start:\n" + "".join(self.stderr_lines))
+
+    def stop(self, timeout: float = 30) -> tuple[int, str, str]:
+        """SIGTERM, wait, and return (exit code, stdout, rest of stderr)."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out.decode(), "".join(self.stderr_lines) + err.decode()
+
+
+@pytest.fixture
+def sidecar_factory(tmp_path):
+    started: list[Sidecar] = []
+
+    def start(config_text: str, env: dict[str, str] | None = None) -> Sidecar:
+        path = tmp_path / f"config-{len(started)}.yaml"
+        path.write_text(config_text)
+        sidecar = Sidecar(path, env)
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        if sidecar.proc.poll() is None:
+            sidecar.proc.kill()
+            sidecar.proc.wait()
+

@@ -1,0 +1,72 @@
+"""`logminer serve` end to end: the real fluent-logger client in, JSON lines out."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+from fluent import asyncsender, sender
+
+FREE_PORTS_CONFIG = """
+receivers:
+  forward: {port: 0}
+http: {port: 0}
+pipeline:
+  batch: {max_delay_ms: 5}
+"""
+
+
+def test_records_sent_with_fluent_logger_come_out_as_json_lines(sidecar_factory):
+    sidecar = sidecar_factory(FREE_PORTS_CONFIG)
+    port = sidecar.ports["forward"]
+    sync = sender.FluentSender("app", host="127.0.0.1", port=port, nanosecond_precision=True)
+    sent_times = []
+    for i in range(50):
+        t = time.time()
+        sent_times.append(t)
+        assert sync.emit_with_time("web", t, {"message": f"request {i} served", "status": 200})
+    sync.close()
+    overflowed = []
+    async_sender = asyncsender.FluentSender(
+        "batch", host="127.0.0.1", port=port, buffer_overflow_handler=overflowed.append)
+    for i in range(50):
+        assert async_sender.emit("job", {"log": f"job {i} done", "level": "info"})
+    async_sender.close()  # flushes its queue before returning
+
+    code, out, err = sidecar.stop()
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    web = [r for r in records if r["tag"] == "app.web"]
+    jobs = [r for r in records if r["tag"] == "batch.job"]
+    assert [r["body"] for r in web] == [f"request {i} served" for i in range(50)]
+    assert all(r["attributes"] == {"status": 200} for r in web)
+    # Nanosecond EventTime survives to the microsecond the client had.
+    assert all(abs(r["time_ns"] - int(t * 1e9)) < 1000
+               for r, t in zip(web, sent_times, strict=True))
+    assert [r["body"] for r in jobs] == [f"job {i} done" for i in range(50)]
+    assert all(r["severity"] == "info" for r in jobs)
+    assert overflowed == []
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("pipeline:\n  batch:\n    max_records: ten\n")
+    result = subprocess.run([sys.executable, "-m", "sidecar.cli", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert 'pipeline.batch.max_records: expected int >= 1 and <= 65536, got "ten"' in result.stderr
+
+
+def test_port_in_use_exits_2_with_a_clear_message(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "c.yaml"
+        path.write_text(f"receivers:\n  forward: {{port: {port}}}\nhttp: {{port: 0}}\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(path)],
+            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"forward receiver cannot listen on 127.0.0.1:{port}" in result.stderr
