@@ -1,16 +1,26 @@
-"""Receivers -> bounded queue -> stages over batches -> exporters.
+"""Receivers -> bounded queue -> stages -> spool -> one delivery loop per exporter.
 
-Strategy: receivers ``submit`` batches into a queue bounded in *records*. When
-it is full, ``submit`` waits (the receiver stops reading and holds its acks)
-and gives up with ``PipelineFull`` after the admission timeout, so senders see
-backpressure, never a silent drop. One worker coalesces queued batches up to
-``max_records`` (waiting at most ``max_delay_ms`` for more), runs the stages
-- plain synchronous functions over a batch - in a worker thread so receivers
-stay responsive, then hands the batch to every exporter. Exporters report a
-result; the pipeline retries ``RETRY`` with capped exponential backoff until
-it succeeds or shutdown's grace period ends, and counts every record it drops
-with a reason. A stage that raises drops its batch (counted): a half-processed
-batch may still hold raw data, so passing it on is never an option.
+Admission: receivers ``submit`` batches into a queue bounded in *records*.
+When it is full, ``submit`` waits (the receiver stops reading and holds its
+acks) and gives up with ``PipelineFull`` after the admission timeout, so
+senders see backpressure, never a silent drop.
+
+Processing: one worker coalesces queued batches up to ``max_records``
+(waiting at most ``max_delay_ms`` for more) and runs the stages - plain
+synchronous functions over a batch - in a worker thread so receivers stay
+responsive. If a stage raises, each submitted batch is retried alone, so only
+the sender whose batch fails is refused (``BatchRejected``, counted): a
+half-processed batch may still hold raw data and is never passed on.
+
+Commit point: the processed (sanitized) batch is appended to the spool, and
+only then does ``submit`` return, so a sender is acknowledged once its records
+are durable. A full spool blocks the append, which fills the queue, which
+slows the receivers.
+
+Delivery: each exporter has its own loop reading the spool from its cursor.
+``RETRY`` is retried with capped exponential backoff for as long as it takes
+(the spool absorbs the backlog); the cursor advances only after ``SUCCESS``
+(or a counted permanent ``FAILURE``), so delivery is at-least-once.
 """
 
 from __future__ import annotations
@@ -22,13 +32,18 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgpack
+
 from sidecar.exporters.base import Exporter, ExportResult
-from sidecar.record import Batch
+from sidecar.record import Batch, Record
+from sidecar.spool import MemorySpool, Spool, SpoolError
 from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 Submit = Callable[[Batch], Awaitable[None]]
+
+READ_ENTRIES = 16
 
 
 class PipelineFull(Exception):
@@ -37,6 +52,10 @@ class PipelineFull(Exception):
 
 class PipelineClosed(Exception):
     """The pipeline is shutting down and accepts no more batches."""
+
+
+class BatchRejected(Exception):
+    """This batch could not be processed or made durable; it was not accepted."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +89,8 @@ class PipelineSettings:
                   "min": 0.0})
     shutdown_grace_seconds: float = field(
         default=10.0,
-        metadata={"doc": "Time allowed on SIGTERM to drain queued batches.", "min": 0.0})
+        metadata={"doc": "Time allowed on SIGTERM to process and deliver what is held.",
+                  "min": 0.0})
     retry: RetrySettings = field(
         default_factory=RetrySettings, metadata={"doc": "Export retry backoff."})
 
@@ -83,8 +103,23 @@ class Stage:
     process: Callable[[Batch], None]
 
 
+@dataclass
+class _Pending:
+    batch: Batch
+    accepted: asyncio.Future[None]
+
+
+def encode(batch: Batch) -> bytes:
+    """A processed batch as spool payload."""
+    return msgpack.packb([r.to_dict() for r in batch], use_bin_type=True)
+
+
+def decode(payload: bytes) -> Batch:
+    return Batch([Record.from_dict(d) for d in msgpack.unpackb(payload, raw=False)])
+
+
 class Pipeline:
-    """Owns the queue, the worker, stage and exporter accounting, and shutdown."""
+    """Owns the queue, the worker, the delivery loops, their accounting, and shutdown."""
 
     def __init__(
         self,
@@ -92,36 +127,47 @@ class Pipeline:
         stages: Sequence[Stage],
         exporters: Sequence[Exporter],
         telemetry: Telemetry,
+        spool: Spool | None = None,
     ):
         self._settings = settings
         self._stages = tuple(stages)
         self._exporters = tuple(exporters)
         self._telemetry = telemetry
-        self._queue: deque[Batch] = deque()
+        self._spool = spool if spool is not None else MemorySpool([e.name for e in exporters])
+        self._queue: deque[_Pending] = deque()
         self._queued_records = 0
         self._changed: asyncio.Condition | None = None
+        self._spooled: dict[str, asyncio.Event] = {}
         self._closing = False
         self._worker: asyncio.Task[None] | None = None
+        self._deliveries: list[asyncio.Task[None]] = []
         self._deadline: float | None = None
-        self._in_flight = 0  # records taken from the queue and not yet delivered
 
     @property
     def queued_records(self) -> int:
         return self._queued_records
 
+    @property
+    def spool(self) -> Spool:
+        return self._spool
+
     async def start(self) -> None:
-        """Start exporters, then the worker."""
+        """Start exporters, the worker and the delivery loops."""
         self._changed = asyncio.Condition()
+        self._spooled = {e.name: asyncio.Event() for e in self._exporters}
         for exporter in self._exporters:
             await exporter.start()
         self._worker = asyncio.create_task(self._run(), name="pipeline-worker")
+        self._deliveries = [asyncio.create_task(self._deliver(e), name=f"deliver-{e.name}")
+                            for e in self._exporters]
 
     async def submit(self, batch: Batch) -> None:
-        """Queue ``batch``; return once it is accepted.
+        """Queue ``batch`` and return once it is processed and durable in the spool.
 
         Waits while the queue is full. Raises ``PipelineFull`` if no room
-        appears within the admission timeout and ``PipelineClosed`` once
-        shutdown has begun. A batch larger than the bound is admitted into an
+        appears within the admission timeout, ``PipelineClosed`` once shutdown
+        has begun, ``BatchRejected`` if the batch failed processing or could
+        not be written. A batch larger than the bound is admitted into an
         empty queue, so no batch size can deadlock.
         """
         assert self._changed is not None, "Pipeline.start() was not awaited"
@@ -141,16 +187,19 @@ class Pipeline:
                     raise PipelineFull("pipeline queue is full") from None
             if self._closing:
                 raise PipelineClosed("pipeline is shutting down")
-            self._queue.append(batch)
+            pending = _Pending(batch, asyncio.get_running_loop().create_future())
+            self._queue.append(pending)
             self._queued_records += size
             self._telemetry.queue_depth.set(self._queued_records)
             self._changed.notify_all()
+        await pending.accepted
 
     async def stop(self) -> int:
-        """Stop accepting, drain within the grace period, shut exporters down.
+        """Stop accepting; process, spool and deliver what is held within the grace period.
 
-        Returns the number of records that could not be delivered in time
-        (each counted as dropped with reason ``shutdown``).
+        Returns the number of records lost: those not yet durable when the
+        grace period ended (counted as dropped, reason ``shutdown``). What is
+        in a file spool is not lost: the next start delivers it.
         """
         if self._changed is None:
             return 0
@@ -158,28 +207,36 @@ class Pipeline:
         async with self._changed:
             self._closing = True
             self._changed.notify_all()
-        if self._worker is not None:
-            try:
-                await asyncio.wait_for(
-                    asyncio.shield(self._worker), self._settings.shutdown_grace_seconds)
-            except TimeoutError:
-                self._worker.cancel()
-                try:
-                    await self._worker
-                except asyncio.CancelledError:
-                    pass
-        lost = self._queued_records + self._in_flight
+        lost = 0
+        if self._worker is not None and not await _finish(self._worker, self._remaining()):
+            lost += self._queued_records
+            for pending in self._queue:
+                _settle(pending.accepted, PipelineClosed("shutdown grace period ended"))
+            self._queue.clear()
+            self._queued_records = 0
+        self._wake_deliveries()
+        for task in self._deliveries:
+            await _finish(task, self._remaining())
+        if isinstance(self._spool, MemorySpool):
+            lost += max((sum(len(decode(entry.payload)) for entry in
+                             self._spool.read(e.name, self._spool.backlog(e.name)[0]))
+                         for e in self._exporters), default=0)
         if lost:
             self._telemetry.dropped.labels(reason="shutdown").inc(lost)
             log.error("shutdown grace period ended with %d records undelivered", lost)
-        self._queue.clear()
-        self._queued_records = 0
         for exporter in self._exporters:
             await exporter.shutdown()
+        self._spool.close()
         return lost
 
-    async def _take(self) -> Batch | None:
-        """Wait for work and coalesce queued batches into one; None when drained."""
+    def _remaining(self) -> float:
+        assert self._deadline is not None
+        return max(0.0, self._deadline - time.monotonic())
+
+    # ------------------------------------------------------------------ processing
+
+    async def _take(self) -> list[_Pending] | None:
+        """Wait for work and take queued batches up to ``max_records``; None when drained."""
         assert self._changed is not None
         limit = self._settings.batch.max_records
         async with self._changed:
@@ -187,70 +244,139 @@ class Pipeline:
             if not self._queue:
                 return None
             if self._queued_records < limit and not self._closing:
-                delay = self._settings.batch.max_delay_ms / 1000
                 try:
-                    async with asyncio.timeout(delay):
+                    async with asyncio.timeout(self._settings.batch.max_delay_ms / 1000):
                         await self._changed.wait_for(
                             lambda: self._queued_records >= limit or self._closing)
                 except TimeoutError:
                     pass
-            records = []
-            while self._queue and (not records or len(records) + len(self._queue[0]) <= limit):
-                records.extend(self._queue.popleft().records)
-            self._queued_records -= len(records)
-            self._in_flight = len(records)
+            taken: list[_Pending] = []
+            count = 0
+            while self._queue and (not taken or count + len(self._queue[0].batch) <= limit):
+                taken.append(self._queue.popleft())
+                count += len(taken[-1].batch)
+            self._queued_records -= count
             self._telemetry.queue_depth.set(self._queued_records)
             self._changed.notify_all()
-        return Batch(records)
+        return taken
+
+    def _wake_deliveries(self) -> None:
+        for event in self._spooled.values():
+            event.set()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while (batch := await self._take()) is not None:
-            processed = await loop.run_in_executor(None, self._process, batch)
-            if processed and not await self._export(batch):
-                return  # shutdown grace ended mid-retry: stop() counts the in-flight records
-            self._in_flight = 0
+        while (taken := await self._take()) is not None:
+            try:
+                outcomes = await asyncio.to_thread(self._process_and_spool, taken)
+            except asyncio.CancelledError:
+                for pending in taken:
+                    _settle(pending.accepted, PipelineClosed("shutdown grace period ended"))
+                raise
+            for pending, error in zip(taken, outcomes, strict=True):
+                _settle(pending.accepted, error)
+            self._wake_deliveries()
+
+    def _process_and_spool(self, taken: list[_Pending]) -> list[Exception | None]:
+        """Process the batches (together, or one by one if a stage fails) and spool them."""
+        merged = Batch([r for p in taken for r in p.batch])
+        if self._process(merged):
+            outcomes: list[Exception | None] = [self._append(merged)] * len(taken)
+            return outcomes
+        if len(taken) == 1:
+            return [BatchRejected("processing failed")]
+        return [self._append(p.batch) if self._process(p.batch)
+                else BatchRejected("processing failed") for p in taken]
 
     def _process(self, batch: Batch) -> bool:
-        """Run every stage; on an exception drop the batch (counted) and return False."""
+        """Run every stage; on an exception count it and return False."""
         for stage in self._stages:
             self._telemetry.stage_in.labels(stage=stage.name).inc(len(batch))
             try:
                 stage.process(batch)
             except Exception as exc:  # any stage bug: never pass raw data on
                 self._telemetry.stage_errors.labels(stage=stage.name).inc()
-                self._telemetry.dropped.labels(reason="stage_error").inc(len(batch))
                 # Only the type: a third-party message may quote record content.
-                log.error("stage %s failed (%s); dropped %d records",
+                log.error("stage %s failed (%s) on %d records",
                           stage.name, type(exc).__name__, len(batch))
                 return False
             self._telemetry.stage_out.labels(stage=stage.name).inc(len(batch))
         return True
 
-    async def _export(self, batch: Batch) -> bool:
-        """Deliver to every exporter, retrying transient failures with backoff.
+    def _append(self, batch: Batch) -> Exception | None:
+        """Make the batch durable; waits while the spool is full. None on success."""
+        try:
+            self._spool.append(encode(batch))
+        except SpoolError as exc:
+            self._telemetry.count_pipeline_error("spool_write")
+            log.error("%s", exc)
+            return BatchRejected("spool write failed")
+        self._telemetry.spool_bytes.set(self._spool.bytes_used)
+        return None
 
-        Returns False only when shutdown's grace period ended before delivery.
-        """
+    # ------------------------------------------------------------------ delivery
+
+    async def _deliver(self, exporter: Exporter) -> None:
+        """Deliver spooled batches to one exporter, in order, until stopped and drained."""
+        spooled = self._spooled[exporter.name]
+        while True:
+            spooled.clear()  # before reading: an append after the read sets it again
+            entries, (_, age) = await asyncio.to_thread(
+                lambda: (self._spool.read(exporter.name, READ_ENTRIES),
+                         self._spool.backlog(exporter.name)))
+            self._telemetry.spool_backlog_seconds.labels(exporter=exporter.name).set(age)
+            if not entries:
+                if self._closing and (self._worker is None or self._worker.done()):
+                    return
+                await spooled.wait()
+                continue
+            for entry in entries:
+                batch = decode(entry.payload)
+                if not await self._export(exporter, batch):
+                    return
+                await asyncio.to_thread(self._spool.commit, exporter.name, entry.end)
+            self._telemetry.spool_bytes.set(self._spool.bytes_used)
+
+    async def _export(self, exporter: Exporter, batch: Batch) -> bool:
+        """Export one batch, retrying transient failures; False if shutdown's grace ended."""
         retry = self._settings.retry
-        for exporter in self._exporters:
-            backoff = retry.initial_backoff_ms / 1000
-            while True:
-                try:
-                    result = await exporter.export(batch)
-                except Exception as exc:  # an exporter bug is a failed attempt
-                    log.error("exporter %s raised %s", exporter.name, type(exc).__name__)
-                    result = ExportResult.RETRY
-                if result is ExportResult.SUCCESS:
-                    self._telemetry.exported.labels(exporter=exporter.name).inc(len(batch))
-                    break
-                self._telemetry.export_errors.labels(
-                    exporter=exporter.name, kind=result.value).inc()
-                if result is ExportResult.FAILURE:
-                    self._telemetry.dropped.labels(reason="export_failed").inc(len(batch))
-                    break
-                if self._deadline is not None and time.monotonic() + backoff > self._deadline:
-                    return False
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, retry.max_backoff_ms / 1000)
+        backoff = retry.initial_backoff_ms / 1000
+        while True:
+            try:
+                result = await exporter.export(batch)
+            except Exception as exc:  # an exporter bug is a failed attempt
+                log.error("exporter %s raised %s", exporter.name, type(exc).__name__)
+                result = ExportResult.RETRY
+            if result is ExportResult.SUCCESS:
+                self._telemetry.exported.labels(exporter=exporter.name).inc(len(batch))
+                return True
+            self._telemetry.export_errors.labels(exporter=exporter.name, kind=result.value).inc()
+            if result is ExportResult.FAILURE:
+                self._telemetry.dropped.labels(reason="export_failed").inc(len(batch))
+                return True
+            if self._deadline is not None and self._remaining() < backoff:
+                return False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, retry.max_backoff_ms / 1000)
+
+
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+async def _finish(task: asyncio.Task[None], timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``task``; cancel it if still running. True if it finished."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
         return True
+    except TimeoutError:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return False

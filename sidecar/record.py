@@ -67,6 +67,17 @@ class Record:
             "flags": sorted(flag.value for flag in self.flags),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        """Inverse of ``to_dict`` (used to read records back from the spool)."""
+        return cls(
+            body=data["body"], time_ns=data["time_ns"], tag=data["tag"],
+            attributes=data["attributes"], resource=data["resource"],
+            severity=data["severity"], redactions=Counter(data["redactions"]),
+            template_id=data["template_id"], template=data["template"],
+            session=data["session"], score=data["score"],
+            flags={Flag(f) for f in data["flags"]})
+
 
 @dataclass(slots=True)
 class Batch:

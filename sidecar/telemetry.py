@@ -75,6 +75,15 @@ class Telemetry:
         self.queue_depth = Gauge(
             "logminer_pipeline_queue_records", "Records waiting in the pipeline queue.",
             registry=r)
+        self.pipeline_errors = Counter(
+            "logminer_pipeline_failures", "Pipeline failures by kind (e.g. spool_write).",
+            ["kind"], registry=r)
+        self.spool_bytes = Gauge(
+            "logminer_spool_bytes", "Bytes held in the spool.", registry=r)
+        self.spool_backlog_seconds = Gauge(
+            "logminer_spool_backlog_age_seconds",
+            "Age of the oldest spooled entry an exporter has not delivered.",
+            ["exporter"], registry=r)
         self.exported = Counter(
             "logminer_exporter_records", "Records an exporter delivered.",
             ["exporter"], registry=r)
@@ -99,6 +108,9 @@ class Telemetry:
             per_tag[record.tag] = per_tag.get(record.tag, 0) + 1
         for tag, n in per_tag.items():
             self.received.labels(receiver=receiver, tag=self.tag_label(tag)).inc(n)
+
+    def count_pipeline_error(self, kind: str) -> None:
+        self.pipeline_errors.labels(kind=kind).inc()
 
     def count_receiver_error(self, receiver: str, kind: str, n: int = 1) -> None:
         """Count a rejected input; ``kind`` is a fixed identifier, never peer text."""

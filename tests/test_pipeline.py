@@ -6,6 +6,7 @@ import pytest
 
 from sidecar.exporters.base import ExportResult, InMemoryExporter
 from sidecar.pipeline import (
+    BatchRejected,
     BatchSettings,
     Pipeline,
     PipelineClosed,
@@ -13,8 +14,10 @@ from sidecar.pipeline import (
     PipelineSettings,
     RetrySettings,
     Stage,
+    encode,
 )
 from sidecar.record import Batch, Record
+from sidecar.spool import MemorySpool
 from sidecar.telemetry import Telemetry
 
 
@@ -81,29 +84,31 @@ def test_records_flow_through_stages_to_exporter_in_order():
     asyncio.run(main())
 
 
-def test_full_queue_blocks_submit_then_refuses_after_admission_timeout():
+def test_full_spool_then_full_queue_block_senders_then_refuse_them():
     async def main():
         telemetry = Telemetry()
-        out = GatedExporter()
-        pipeline = Pipeline(settings(), [], [out], telemetry)
+        out = GatedExporter()  # downstream stuck: the spool absorbs, then fills
+        one_batch = len(encode(batch_of(10)))
+        spool = MemorySpool(["gated"], max_bytes=2 * one_batch)
+        pipeline = Pipeline(settings(), [], [out], telemetry, spool=spool)
         await pipeline.start()
-        await pipeline.submit(batch_of(10))  # taken by the worker, stuck in export
-        await asyncio.sleep(0.05)
-        await pipeline.submit(batch_of(10))
-        await pipeline.submit(batch_of(10))  # queue now holds 20 = the bound
+        senders = [asyncio.create_task(pipeline.submit(batch_of(10))) for _ in range(2)]
+        await asyncio.gather(*senders)  # durable in the spool, though not delivered
+        assert spool.bytes_used == 2 * one_batch
+        blocked = [asyncio.create_task(pipeline.submit(batch_of(10))) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        # One batch waits in the worker for spool room, two fill the queue (bound 20).
+        assert not any(t.done() for t in blocked)
         assert pipeline.queued_records == 20
         assert sample(telemetry, "logminer_pipeline_queue_records") == 20
         with pytest.raises(PipelineFull):
             await pipeline.submit(batch_of(1))
-        # A waiting sender is admitted as soon as room appears.
-        waiting = asyncio.create_task(pipeline.submit(batch_of(5)))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        out.gate.set()
-        await waiting
-        await out.wait_for(35, timeout=5)
+        assert sample(telemetry, "logminer_exporter_records_total", exporter="gated") == 0
+        out.gate.set()  # downstream is back: everything drains, nothing was dropped
+        await asyncio.gather(*blocked)
+        await out.wait_for(50, timeout=5)
         assert await pipeline.stop() == 0
-        assert len(out.records) == 35  # nothing dropped
+        assert len(out.records) == 50
     asyncio.run(main())
 
 
@@ -126,7 +131,7 @@ def test_stop_drains_queued_batches_and_then_refuses():
 def test_stop_counts_records_it_could_not_deliver_within_grace():
     async def main():
         telemetry = Telemetry()
-        out = GatedExporter()  # never opens
+        out = GatedExporter()  # never opens; the in-memory spool does not survive
         pipeline = Pipeline(settings(shutdown_grace_seconds=0.2), [], [out], telemetry)
         await pipeline.start()
         await pipeline.submit(batch_of(10))
@@ -137,7 +142,7 @@ def test_stop_counts_records_it_could_not_deliver_within_grace():
     asyncio.run(main())
 
 
-def test_failing_stage_drops_its_batch_counted_and_others_flow():
+def test_failing_stage_refuses_only_the_sender_whose_batch_fails():
     async def main():
         telemetry = Telemetry()
 
@@ -146,18 +151,20 @@ def test_failing_stage_drops_its_batch_counted_and_others_flow():
                 raise RuntimeError("contains raw text that must not be logged")
 
         out = InMemoryExporter()
-        pipeline = Pipeline(settings(batch=BatchSettings(max_records=1, max_delay_ms=0)),
+        pipeline = Pipeline(settings(batch=BatchSettings(max_records=10, max_delay_ms=50)),
                             [Stage("check", explode_on_poison)], [out], telemetry)
         await pipeline.start()
-        await pipeline.submit(Batch([Record(body="ok1")]))
-        await pipeline.submit(Batch([Record(body="poison")]))
-        await pipeline.submit(Batch([Record(body="ok2")]))
+        results = await asyncio.gather(
+            pipeline.submit(Batch([Record(body="ok1")])),
+            pipeline.submit(Batch([Record(body="poison")])),
+            pipeline.submit(Batch([Record(body="ok2")])), return_exceptions=True)
         await out.wait_for(2, timeout=5)
         await pipeline.stop()
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], BatchRejected)
+        assert "raw" not in str(results[1])
         assert [r.body for r in out.records] == ["ok1", "ok2"]
-        assert sample(telemetry, "logminer_pipeline_errors_total", stage="check") == 1
-        assert sample(telemetry, "logminer_pipeline_dropped_records_total",
-                      reason="stage_error") == 1
+        assert sample(telemetry, "logminer_pipeline_errors_total", stage="check") == 2
     asyncio.run(main())
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from abc import ABC, abstractmethod
 
-from sidecar.pipeline import PipelineClosed, PipelineFull, Submit
+from sidecar.pipeline import BatchRejected, PipelineClosed, PipelineFull, Submit
 from sidecar.record import Batch
 from sidecar.telemetry import Telemetry
 from sidecar.tls import TlsSettings, server_context
@@ -60,6 +60,9 @@ class TcpReceiver(ABC):
             await self._submit(batch)
         except PipelineFull:
             self._telemetry.count_receiver_error(self.name, "backpressure")
+            return False
+        except BatchRejected:
+            self._telemetry.count_receiver_error(self.name, "rejected")
             return False
         except PipelineClosed:
             return False
