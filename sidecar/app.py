@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from sidecar.config import Config, Secrets
@@ -23,6 +24,7 @@ from sidecar.receivers.grpc_server import GrpcHealth
 from sidecar.receivers.grpc_service import GrpcReceiver
 from sidecar.receivers.lumberjack import LumberjackReceiver
 from sidecar.receivers.otlp import OtlpReceiver
+from sidecar.spool import FileSpool, Spool
 from sidecar.status_server import StatusServer
 from sidecar.telemetry import Telemetry
 
@@ -52,12 +54,15 @@ class App:
 
     def __init__(self, config: Config, secrets: Secrets, *,
                  exporters: Sequence[Exporter] | None = None,
-                 telemetry: Telemetry | None = None):
+                 telemetry: Telemetry | None = None, spool: Spool | None = None):
         self.config = config
         self.telemetry = telemetry or Telemetry()
-        self.pipeline = Pipeline(config.pipeline, self._stages(),
-                                 build_exporters(config) if exporters is None else exporters,
-                                 self.telemetry)
+        exporters = build_exporters(config) if exporters is None else exporters
+        if spool is None:
+            spool = FileSpool(Path(config.data_dir) / "spool", config.spool,
+                              [e.name for e in exporters])
+        self.pipeline = Pipeline(config.pipeline, self._stages(), exporters, self.telemetry,
+                                 spool)
         self.grpc_health = GrpcHealth()
         self.receivers = self._receivers(config, secrets)
         self.status = (StatusServer(config.http.host, config.http.port, self.telemetry)

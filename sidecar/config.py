@@ -32,6 +32,7 @@ from sidecar.receivers.forward import ForwardSettings
 from sidecar.receivers.grpc_service import GrpcSettings
 from sidecar.receivers.lumberjack import LumberjackSettings
 from sidecar.receivers.otlp import OtlpSettings
+from sidecar.spool import SpoolSettings
 
 
 class ConfigError(ValueError):
@@ -79,10 +80,17 @@ class LoggingSettings:
 
 @dataclass(frozen=True)
 class Config:
+    data_dir: str = field(
+        default=defaults.DATA_DIR,
+        metadata={"doc": "Everything the sidecar keeps on disk (spool, templates, token store, "
+                         "privacy ledger) lives under this directory."})
     receivers: ReceiversSettings = field(
         default_factory=ReceiversSettings, metadata={"doc": "Where records come in."})
     pipeline: PipelineSettings = field(
         default_factory=PipelineSettings, metadata={"doc": "Queueing, batching, shutdown."})
+    spool: SpoolSettings = field(
+        default_factory=SpoolSettings,
+        metadata={"doc": "The durable queue of sanitized records (under data_dir/spool)."})
     exporters: tuple[ExporterSettings, ...] = field(
         default=(StdoutExporterSettings(),),
         metadata={"doc": "Where sanitized records go (each entry has a `type`)."})

@@ -32,11 +32,13 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext | None:
         raise ValueError("tls.key_file is required when tls.cert_file is set")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    files = f"{settings.cert_file}, {settings.key_file}"
     try:
         context.load_cert_chain(settings.cert_file, settings.key_file)
         if settings.client_ca_file:
+            files = settings.client_ca_file
             context.load_verify_locations(settings.client_ca_file)
             context.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as exc:
-        raise OSError(f"cannot load TLS files: {exc}") from None
+        raise OSError(f"cannot load TLS files ({files}): {exc.strerror or exc}") from None
     return context

@@ -1,4 +1,4 @@
-"""Shared fixtures: run `logminer` as a real subprocess on free ports."""
+"""Shared fixtures: `logminer` as a real subprocess on free ports; throwaway TLS certificates."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def sidecar_factory(tmp_path):
 
     def start(config_text: str, env: dict[str, str] | None = None) -> Sidecar:
         path = tmp_path / f"config-{len(started)}.yaml"
-        path.write_text(config_text)
+        path.write_text(f"data_dir: {tmp_path / f'data-{len(started)}'}\n" + config_text)
         sidecar = Sidecar(path, env)
         started.append(sidecar)
         return sidecar
@@ -62,3 +62,24 @@ def sidecar_factory(tmp_path):
             sidecar.proc.kill()
             sidecar.proc.wait()
 
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    d = tmp_path_factory.mktemp("certs")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.crt",
+             "-subj", "/CN=test-ca", "-days", "1")
+    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name, extra in (("server", ("-extfile", d / "server.ext")), ("client", ())):
+        _openssl("req", *ec, "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr",
+                 "-subj", f"/CN={name}")
+        _openssl("x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.crt",
+                 "-CAkey", d / "ca.key", "-CAcreateserial", "-out", d / f"{name}.crt",
+                 "-days", "1", *extra)
+    return d

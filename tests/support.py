@@ -13,14 +13,15 @@ pipeline:
 """
 
 
-def in_process_app(config_text: str = ALL_PORTS_FREE, **overrides):
+def in_process_app(data_dir, config_text: str = ALL_PORTS_FREE, **secrets):
     """An App on free ports whose records land in an InMemoryExporter (``app.memory``)."""
     from sidecar import config
     from sidecar.app import App
     from sidecar.exporters.base import InMemoryExporter
 
     memory = InMemoryExporter()
-    app = App(config.loads(config_text), config.Secrets(**overrides), exporters=[memory])
+    cfg = config.loads(f"data_dir: {data_dir}\n" + config_text)
+    app = App(cfg, config.Secrets(**secrets), exporters=[memory])
     app.memory = memory
     return app
 

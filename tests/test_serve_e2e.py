@@ -7,18 +7,11 @@ import sys
 import time
 
 from fluent import asyncsender, sender
-
-FREE_PORTS_CONFIG = """
-receivers:
-  forward: {port: 0}
-http: {port: 0}
-pipeline:
-  batch: {max_delay_ms: 5}
-"""
+from support import ALL_PORTS_FREE
 
 
 def test_records_sent_with_fluent_logger_come_out_as_json_lines(sidecar_factory):
-    sidecar = sidecar_factory(FREE_PORTS_CONFIG)
+    sidecar = sidecar_factory(ALL_PORTS_FREE)
     port = sidecar.ports["forward"]
     sync = sender.FluentSender("app", host="127.0.0.1", port=port, nanosecond_precision=True)
     sent_times = []
@@ -51,7 +44,7 @@ def test_records_sent_with_fluent_logger_come_out_as_json_lines(sidecar_factory)
 
 def test_bad_config_exits_2_naming_the_key(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("pipeline:\n  batch:\n    max_records: ten\n")
+    path.write_text(f"data_dir: {tmp_path}\npipeline:\n  batch:\n    max_records: ten\n")
     result = subprocess.run([sys.executable, "-m", "sidecar.cli", "serve", "--config", str(path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
@@ -64,7 +57,8 @@ def test_port_in_use_exits_2_with_a_clear_message(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         path = tmp_path / "c.yaml"
-        path.write_text(f"receivers:\n  forward: {{port: {port}}}\nhttp: {{port: 0}}\n")
+        path.write_text(ALL_PORTS_FREE.replace("forward: {port: 0}", f"forward: {{port: {port}}}")
+                        + f"data_dir: {tmp_path}\n")
         result = subprocess.run(
             [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(path)],
             capture_output=True, text=True, timeout=60)

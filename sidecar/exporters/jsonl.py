@@ -55,7 +55,7 @@ class JsonLinesExporter:
     @classmethod
     def file(cls, settings: FileExporterSettings) -> JsonLinesExporter:
         path = Path(settings.path)
-        return cls(f"file:{path.name}", lambda: path.open("ab"), close_stream=True)
+        return cls(f"file:{path}", lambda: path.open("ab"), close_stream=True)
 
     async def start(self) -> None:
         self._stream = self._open()

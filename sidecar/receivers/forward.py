@@ -1,5 +1,7 @@
 """Fluentd forward protocol listener: a thin asyncio shell over ``codecs.forward``.
 
+Spec: https://github.com/fluent/fluentd/wiki/Forward-Protocol-Specification-v1
+
 Per connection: read bytes, feed the sans-IO codec, turn each entries event
 into one Batch and ``submit`` it. While ``submit`` waits (the pipeline is
 full) the connection is not read, so TCP flow control slows the sender; the
@@ -15,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +45,13 @@ class ForwardSettings:
         default=("message", "log", "msg"),
         metadata={"doc": "Record keys holding the message text; the first present wins."})
     max_buffer_bytes: int = field(
-        default=64 * 1024 * 1024,
-        metadata={"doc": "Most bytes buffered for one incomplete message.", "min": 1024})
+        default=16 * 1024 * 1024,
+        metadata={"doc": "Largest accepted message (keep Fluentd's chunk_limit_size below it).",
+                  "min": 1024})
     max_record_bytes: int = field(
         default=1024 * 1024, metadata={"doc": "Largest accepted record.", "min": 64})
     max_decompressed_bytes: int = field(
-        default=64 * 1024 * 1024,
+        default=16 * 1024 * 1024,
         metadata={"doc": "Largest accepted gzip chunk after inflation.", "min": 1024})
     require_shared_key: bool = field(
         default=False,
@@ -83,8 +88,19 @@ def to_record(tag: str, entry: codec.Entry, body_keys: tuple[str, ...]) -> Recor
         body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         fields = {}
     severity = fields.get("level") or fields.get("severity") or ""
-    return Record(body=body, time_ns=entry.time_ns, tag=tag, attributes=fields,
+    # Like Fluentd's in_forward, a zero time means "now".
+    return Record(body=body, time_ns=entry.time_ns or time.time_ns(), tag=tag, attributes=fields,
                   severity=severity if isinstance(severity, str) else str(severity))
+
+
+class _HeartbeatProtocol(asyncio.DatagramProtocol):
+    """Answers each UDP heartbeat datagram as in_forward does (spec: Heartbeat Message)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = typing.cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._transport.sendto(codec.heartbeat_reply(data), addr)
 
 
 class ForwardReceiver(TcpReceiver):
@@ -98,6 +114,25 @@ class ForwardReceiver(TcpReceiver):
         super().__init__(settings.host, settings.port, settings.tls, submit, telemetry)
         self._settings = settings
         self._shared_key = shared_key if settings.require_shared_key else None
+        self._heartbeat: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        """Listen on TCP, and on UDP at the same port for out_forward's heartbeats."""
+        await super().start()
+        loop = asyncio.get_running_loop()
+        try:
+            self._heartbeat, _ = await loop.create_datagram_endpoint(
+                _HeartbeatProtocol, local_addr=(self._host, self.port))
+        except OSError as exc:
+            await super().stop(0)
+            raise OSError(f"forward heartbeat cannot listen on udp {self._host}:{self.port}: "
+                          f"{exc.strerror or exc}") from None
+
+    async def stop(self, grace: float) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.close()
+            self._heartbeat = None
+        await super().stop(grace)
 
     async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         s = self._settings

@@ -27,9 +27,9 @@ def send_windows(port, windows):
     return acks
 
 
-def test_filebeat_windows_arrive_whole_and_are_acked_after_acceptance():
+def test_filebeat_windows_arrive_whole_and_are_acked_after_acceptance(tmp_path):
     async def main():
-        app = in_process_app()
+        app = in_process_app(tmp_path)
         await app.start()
         try:
             windows = [[{"@timestamp": "2026-11-24T03:00:00.123456Z", "message": f"w{w} line {i}",
@@ -54,9 +54,9 @@ def test_filebeat_windows_arrive_whole_and_are_acked_after_acceptance():
     asyncio.run(main())
 
 
-def test_garbage_is_counted_and_other_connections_flow():
+def test_garbage_is_counted_and_other_connections_flow(tmp_path):
     async def main():
-        app = in_process_app()
+        app = in_process_app(tmp_path)
         await app.start()
         try:
             port = port_of(app, "lumberjack")

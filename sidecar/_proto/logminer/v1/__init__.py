@@ -1,0 +1,1 @@
+"""Generated code for package logminer.v1 (proto/logminer/v1)."""
