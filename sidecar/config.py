@@ -233,7 +233,11 @@ def _convert_dataclass(value: Any, cls: Any, path: str, errors: list[str]) -> An
         kwargs[key] = _convert(item, hints[key], sub, errors, fields[key].metadata)
     if errors:
         return cls()
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a settings class's own cross-field check
+        errors.append(f"{path or '<root>'}: {exc}")
+        return cls()
 
 
 # --------------------------------------------------------------------------- rendering

@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgpack
 
@@ -41,7 +42,8 @@ from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-Submit = Callable[[Batch], Awaitable[None]]
+class Submit(Protocol):
+    def __call__(self, batch: Batch, *, durable: bool = True) -> Awaitable[None]: ...
 
 READ_ENTRIES = 16
 
@@ -106,7 +108,7 @@ class Stage:
 @dataclass
 class _Pending:
     batch: Batch
-    accepted: asyncio.Future[None]
+    accepted: asyncio.Future[None] | None  # None: the sender does not wait for durability
 
 
 def encode(batch: Batch) -> bytes:
@@ -161,10 +163,13 @@ class Pipeline:
         self._deliveries = [asyncio.create_task(self._deliver(e), name=f"deliver-{e.name}")
                             for e in self._exporters]
 
-    async def submit(self, batch: Batch) -> None:
+    async def submit(self, batch: Batch, *, durable: bool = True) -> None:
         """Queue ``batch`` and return once it is processed and durable in the spool.
 
-        Waits while the queue is full. Raises ``PipelineFull`` if no room
+        With ``durable=False`` return once it is queued: for senders that get
+        no acknowledgement anyway (forward Message mode without ``chunk``),
+        so they are not held to one batch per processing round. Waits while
+        the queue is full, either way. Raises ``PipelineFull`` if no room
         appears within the admission timeout, ``PipelineClosed`` once shutdown
         has begun, ``BatchRejected`` if the batch failed processing or could
         not be written. A batch larger than the bound is admitted into an
@@ -187,12 +192,13 @@ class Pipeline:
                     raise PipelineFull("pipeline queue is full") from None
             if self._closing:
                 raise PipelineClosed("pipeline is shutting down")
-            pending = _Pending(batch, asyncio.get_running_loop().create_future())
-            self._queue.append(pending)
+            accepted = asyncio.get_running_loop().create_future() if durable else None
+            self._queue.append(_Pending(batch, accepted))
             self._queued_records += size
             self._telemetry.queue_depth.set(self._queued_records)
             self._changed.notify_all()
-        await pending.accepted
+        if accepted is not None:
+            await accepted
 
     async def stop(self) -> int:
         """Stop accepting; process, spool and deliver what is held within the grace period.
@@ -359,8 +365,8 @@ class Pipeline:
             backoff = min(backoff * 2, retry.max_backoff_ms / 1000)
 
 
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
-    if future.done():
+def _settle(future: asyncio.Future[None] | None, error: Exception | None) -> None:
+    if future is None or future.done():
         return
     if error is None:
         future.set_result(None)

@@ -140,6 +140,7 @@ class ForwardReceiver(TcpReceiver):
             shared_key=self._shared_key, max_buffer_bytes=s.max_buffer_bytes,
             max_record_bytes=s.max_record_bytes, max_decompressed_bytes=s.max_decompressed_bytes)
         writer.write(conn.initial_bytes())
+        unacked: list[Record] = []  # records of messages without `chunk`: nobody awaits an ack
         while True:
             conn.receive_data(await reader.read(READ_SIZE))
             while True:
@@ -149,17 +150,25 @@ class ForwardReceiver(TcpReceiver):
                     writer.write(conn.data_to_send())
                     self._telemetry.count_receiver_error(self.name, exc.error_kind)
                     log.warning("forward: closing connection: %s", exc)
-                    return
+                    event = codec.ConnectionClosed()
                 writer.write(conn.data_to_send())
-                if event is codec.NEED_DATA:
-                    break
-                if isinstance(event, codec.ConnectionClosed):
+                if event is codec.NEED_DATA or isinstance(event, codec.ConnectionClosed):
+                    # Everything read so far goes in as one batch; it waits only for room.
+                    if unacked and not await self.submit(Batch(unacked, source=self.name),
+                                                         durable=False):
+                        return
+                    unacked = []
+                    if event is codec.NEED_DATA:
+                        break
                     return
                 if isinstance(event, codec.EntriesReceived):
-                    batch = Batch([to_record(event.tag, e, s.body_keys) for e in event.entries],
-                                  source=self.name)
-                    if not await self.submit(batch):
+                    records = [to_record(event.tag, e, s.body_keys) for e in event.entries]
+                    if event.chunk is None:
+                        unacked.extend(records)
+                        continue
+                    # Acked entries go in durably, after any unacked ones read before them.
+                    if not await self.submit(Batch(unacked + records, source=self.name)):
                         return
-                    if event.chunk is not None:
-                        writer.write(conn.ack(event.chunk))
+                    unacked = []
+                    writer.write(conn.ack(event.chunk))
             await writer.drain()

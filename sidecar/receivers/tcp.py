@@ -54,10 +54,10 @@ class TcpReceiver(ABC):
             await asyncio.gather(*pending, return_exceptions=True)
         self._server = None
 
-    async def submit(self, batch: Batch) -> bool:
+    async def submit(self, batch: Batch, *, durable: bool = True) -> bool:
         """Hand ``batch`` to the pipeline; False means: close without acknowledging."""
         try:
-            await self._submit(batch)
+            await self._submit(batch, durable=durable)
         except PipelineFull:
             self._telemetry.count_receiver_error(self.name, "backpressure")
             return False
