@@ -13,11 +13,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Flag(str, Enum):
+class Flag(StrEnum):
     """Verdicts a stage can attach to a record."""
 
     ANOMALY = "anomaly"

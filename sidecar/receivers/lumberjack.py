@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sidecar import defaults
@@ -51,7 +51,7 @@ class LumberjackSettings:
     tls: TlsSettings = field(default_factory=TlsSettings, metadata={"doc": "TLS for senders."})
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -62,7 +62,7 @@ def _time_ns(event: dict[str, Any]) -> int:
         with contextlib.suppress(ValueError):
             parsed = datetime.fromisoformat(stamp)
             if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
+                parsed = parsed.replace(tzinfo=UTC)
             return (parsed - _EPOCH) // _MICROSECOND * 1000
     return time.time_ns()
 
