@@ -17,6 +17,11 @@ from typing import Protocol
 
 from sidecar.config import Config, Secrets
 from sidecar.exporters.base import Exporter
+from sidecar.exporters.forward import (
+    FluentLoggerExporter,
+    ForwardAckExporter,
+    ForwardExporterSettings,
+)
 from sidecar.exporters.jsonl import FileExporterSettings, JsonLinesExporter
 from sidecar.pipeline import Pipeline, Stage
 from sidecar.receivers.forward import ForwardReceiver
@@ -39,13 +44,20 @@ class Receiver(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
-def build_exporters(config: Config) -> list[Exporter]:
+def build_exporters(config: Config, secrets: Secrets) -> list[Exporter]:
     exporters: list[Exporter] = []
     for settings in config.exporters:
         if isinstance(settings, FileExporterSettings):
             exporters.append(JsonLinesExporter.file(settings))
+        elif isinstance(settings, ForwardExporterSettings):
+            exporters.append(
+                ForwardAckExporter(settings, shared_key=secrets.downstream_shared_key)
+                if settings.mode == "ack" else FluentLoggerExporter(settings))
         else:
             exporters.append(JsonLinesExporter.stdout())
+    names = [e.name for e in exporters]
+    if len(set(names)) != len(names):
+        raise ValueError(f"exporters must be distinct; got {', '.join(names)}")
     return exporters
 
 
@@ -57,7 +69,7 @@ class App:
                  telemetry: Telemetry | None = None, spool: Spool | None = None):
         self.config = config
         self.telemetry = telemetry or Telemetry()
-        exporters = build_exporters(config) if exporters is None else exporters
+        exporters = build_exporters(config, secrets) if exporters is None else exporters
         if spool is None:
             spool = FileSpool(Path(config.data_dir) / "spool", config.spool,
                               [e.name for e in exporters])

@@ -26,6 +26,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from sidecar import defaults
+from sidecar.exporters.forward import ForwardExporterSettings
 from sidecar.exporters.jsonl import FileExporterSettings, StdoutExporterSettings
 from sidecar.pipeline import PipelineSettings
 from sidecar.receivers.forward import ForwardSettings
@@ -43,7 +44,7 @@ class ConfigError(ValueError):
         super().__init__("\n".join(errors))
 
 
-ExporterSettings = StdoutExporterSettings | FileExporterSettings
+ExporterSettings = StdoutExporterSettings | FileExporterSettings | ForwardExporterSettings
 
 
 @dataclass(frozen=True)
@@ -285,10 +286,12 @@ class Secrets:
 
     hash_secret: bytes | None = None
     forward_shared_key: bytes | None = None
+    downstream_shared_key: bytes | None = None
 
     def __repr__(self) -> str:  # never print secret values
-        return (f"Secrets(hash_secret={'set' if self.hash_secret else 'unset'}, "
-                f"forward_shared_key={'set' if self.forward_shared_key else 'unset'})")
+        state = {f.name: "set" if getattr(self, f.name) else "unset"
+                 for f in dataclasses.fields(self)}
+        return "Secrets(" + ", ".join(f"{k}={v}" for k, v in state.items()) + ")"
 
 
 def load_secrets(environ: Mapping[str, str]) -> Secrets:
@@ -296,6 +299,7 @@ def load_secrets(environ: Mapping[str, str]) -> Secrets:
     return Secrets(
         hash_secret=_secret(environ, defaults.HASH_SECRET_ENV),
         forward_shared_key=_secret(environ, defaults.FORWARD_SHARED_KEY_ENV),
+        downstream_shared_key=_secret(environ, defaults.DOWNSTREAM_SHARED_KEY_ENV),
     )
 
 
