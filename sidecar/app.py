@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from sidecar import defaults
 from sidecar.config import Config, Secrets
 from sidecar.exporters.base import Exporter
 from sidecar.exporters.forward import (
@@ -23,17 +24,38 @@ from sidecar.exporters.forward import (
     ForwardExporterSettings,
 )
 from sidecar.exporters.jsonl import FileExporterSettings, JsonLinesExporter
-from sidecar.pipeline import Pipeline, Stage
+from sidecar.pipeline import Pipeline
 from sidecar.receivers.forward import ForwardReceiver
 from sidecar.receivers.grpc_server import GrpcHealth
 from sidecar.receivers.grpc_service import GrpcReceiver
 from sidecar.receivers.lumberjack import LumberjackReceiver
 from sidecar.receivers.otlp import OtlpReceiver
+from sidecar.redact.store import TokenStore, load_key
 from sidecar.spool import FileSpool, Spool
+from sidecar.stages import RedactionStage, ScoringStage, as_stage
 from sidecar.status_server import StatusServer
 from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+
+
+def _hash_secret(secrets: Secrets) -> bytes:
+    if not secrets.hash_secret:
+        raise ValueError(f"{defaults.HASH_SECRET_ENV} is not set: the sidecar needs the key of "
+                         f"its redaction tokens (or {defaults.HASH_SECRET_ENV}_FILE); "
+                         "`logminer demo` makes an ephemeral one")
+    return secrets.hash_secret
+
+
+def _token_store(config: Config, secrets: Secrets) -> TokenStore | None:
+    settings = config.token_store
+    if not settings.enabled:
+        return None
+    if not secrets.token_store_key:
+        raise ValueError(f"token_store.enabled is set but {defaults.TOKEN_STORE_KEY_ENV} is not")
+    path = Path(settings.path or Path(config.data_dir) / "tokens")
+    return TokenStore.open(path, load_key(secrets.token_store_key.decode()),
+                           fsync=settings.fsync)
 
 
 class Receiver(Protocol):
@@ -73,8 +95,14 @@ class App:
         if spool is None:
             spool = FileSpool(Path(config.data_dir) / "spool", config.spool,
                               [e.name for e in exporters])
-        self.pipeline = Pipeline(config.pipeline, self._stages(), exporters, self.telemetry,
-                                 spool)
+        self.redaction = RedactionStage(config.redaction, _hash_secret(secrets),
+                                        _token_store(config, secrets))
+        self.scoring = ScoringStage(config.scoring, config.templates,
+                                    Path(config.data_dir) / "templates.json",
+                                    self.telemetry.registry)
+        self.pipeline = Pipeline(config.pipeline,
+                                 [as_stage(self.redaction), as_stage(self.scoring)],
+                                 exporters, self.telemetry, spool)
         self.grpc_health = GrpcHealth()
         self.receivers = self._receivers(config, secrets)
         self.status = (StatusServer(config.http.host, config.http.port, self.telemetry)
@@ -93,9 +121,6 @@ class App:
         if r.lumberjack.enabled:
             receivers.append(LumberjackReceiver(r.lumberjack, submit, telemetry))
         return receivers
-
-    def _stages(self) -> list[Stage]:
-        return []
 
     async def start(self) -> None:
         """Start everything; on failure, stop what already started and re-raise."""
@@ -120,6 +145,9 @@ class App:
         for receiver in reversed(self.receivers):
             await receiver.stop(grace)
         lost = await self.pipeline.stop()
+        self.scoring.save()
+        if self.redaction.store is not None:
+            self.redaction.store.close()
         if self.status is not None:
             self.status.stop()
         return lost

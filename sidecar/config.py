@@ -33,7 +33,11 @@ from sidecar.receivers.forward import ForwardSettings
 from sidecar.receivers.grpc_service import GrpcSettings
 from sidecar.receivers.lumberjack import LumberjackSettings
 from sidecar.receivers.otlp import OtlpSettings
+from sidecar.redact.settings import RedactionSettings
+from sidecar.redact.store import TokenStoreSettings
+from sidecar.scoring.scorer import ScoringSettings
 from sidecar.spool import SpoolSettings
+from sidecar.stages import TemplateTableSettings
 
 
 class ConfigError(ValueError):
@@ -89,6 +93,18 @@ class Config:
         default_factory=ReceiversSettings, metadata={"doc": "Where records come in."})
     pipeline: PipelineSettings = field(
         default_factory=PipelineSettings, metadata={"doc": "Queueing, batching, shutdown."})
+    redaction: RedactionSettings = field(
+        default_factory=RedactionSettings,
+        metadata={"doc": "What is personal data or a secret, and how it is replaced."})
+    token_store: TokenStoreSettings = field(
+        default_factory=TokenStoreSettings,
+        metadata={"doc": "Optional encrypted token -> original store (off by default)."})
+    templates: TemplateTableSettings = field(
+        default_factory=TemplateTableSettings,
+        metadata={"doc": "Template mining over sanitized bodies (table in data_dir)."})
+    scoring: ScoringSettings = field(
+        default_factory=ScoringSettings,
+        metadata={"doc": "Sessions and the LSTM model bundle."})
     spool: SpoolSettings = field(
         default_factory=SpoolSettings,
         metadata={"doc": "The durable queue of sanitized records (under data_dir/spool)."})
@@ -285,6 +301,7 @@ class Secrets:
     """Secrets from the environment; each may also come from a mounted file."""
 
     hash_secret: bytes | None = None
+    token_store_key: bytes | None = None
     forward_shared_key: bytes | None = None
     downstream_shared_key: bytes | None = None
 
@@ -298,6 +315,7 @@ def load_secrets(environ: Mapping[str, str]) -> Secrets:
     """Read each secret from ``NAME`` or the file named by ``NAME_FILE`` (not both)."""
     return Secrets(
         hash_secret=_secret(environ, defaults.HASH_SECRET_ENV),
+        token_store_key=_secret(environ, defaults.TOKEN_STORE_KEY_ENV),
         forward_shared_key=_secret(environ, defaults.FORWARD_SHARED_KEY_ENV),
         downstream_shared_key=_secret(environ, defaults.DOWNSTREAM_SHARED_KEY_ENV),
     )

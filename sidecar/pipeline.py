@@ -95,6 +95,10 @@ class PipelineSettings:
                   "min": 0.0})
     retry: RetrySettings = field(
         default_factory=RetrySettings, metadata={"doc": "Export retry backoff."})
+    idle_tick_seconds: float = field(
+        default=1.0,
+        metadata={"doc": "With no input for this long, stages run on an empty batch (ends idle "
+                         "sessions; what they emit is spooled).", "min": 0.01})
 
 
 @dataclass(frozen=True)
@@ -242,11 +246,19 @@ class Pipeline:
     # ------------------------------------------------------------------ processing
 
     async def _take(self) -> list[_Pending] | None:
-        """Wait for work and take queued batches up to ``max_records``; None when drained."""
+        """Wait for work and take queued batches up to ``max_records``.
+
+        Returns None when drained at shutdown, and an empty list when nothing
+        arrived for ``idle_tick_seconds`` (the stages then run on an empty batch).
+        """
         assert self._changed is not None
         limit = self._settings.batch.max_records
         async with self._changed:
-            await self._changed.wait_for(lambda: self._queue or self._closing)
+            try:
+                async with asyncio.timeout(self._settings.idle_tick_seconds):
+                    await self._changed.wait_for(lambda: self._queue or self._closing)
+            except TimeoutError:
+                return []
             if not self._queue:
                 return None
             if self._queued_records < limit and not self._closing:
@@ -283,8 +295,16 @@ class Pipeline:
             self._wake_deliveries()
 
     def _process_and_spool(self, taken: list[_Pending]) -> list[Exception | None]:
-        """Process the batches (together, or one by one if a stage fails) and spool them."""
+        """Process the batches (together, or one by one if a stage fails) and spool them.
+
+        An idle tick (nothing taken) runs the stages on an empty batch and spools
+        whatever they added to it (e.g. alerts for sessions that went idle).
+        """
         merged = Batch([r for p in taken for r in p.batch])
+        if not taken:
+            if self._process(merged) and merged.records:
+                self._append(merged)
+            return []
         if self._process(merged):
             outcomes: list[Exception | None] = [self._append(merged)] * len(taken)
             return outcomes

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import TEST_HASH_SECRET
 
 LISTENING = re.compile(r"listening: (.*)")
 
@@ -19,9 +20,10 @@ class Sidecar:
     """A `logminer serve` subprocess; ``ports`` maps listener name -> bound port."""
 
     def __init__(self, config_path: Path, env: dict[str, str] | None = None):
+        env = {"LOGMINER_HASH_SECRET": TEST_HASH_SECRET, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
         self.ports: dict[str, int] = {}
         self.stderr_lines: list[str] = []
         deadline = time.monotonic() + 30

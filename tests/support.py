@@ -1,5 +1,11 @@
 """Helpers shared by tests (importable: tests/ is on pytest's pythonpath)."""
 
+from pathlib import Path
+
+TESTDATA = Path(__file__).parent / "testdata"
+TINY_BUNDLE = TESTDATA / "bundles" / "tiny"
+TEST_HASH_SECRET = "test-hash-secret-0123456789abcdef"
+
 
 ALL_PORTS_FREE = """
 receivers:
@@ -10,7 +16,8 @@ receivers:
 http: {port: 0}
 pipeline:
   batch: {max_delay_ms: 2}
-"""
+scoring: {model_dir: TINY}
+""".replace("TINY", str(TINY_BUNDLE))
 
 
 def in_process_app(data_dir, config_text: str = ALL_PORTS_FREE, **secrets):
@@ -21,6 +28,7 @@ def in_process_app(data_dir, config_text: str = ALL_PORTS_FREE, **secrets):
 
     memory = InMemoryExporter()
     cfg = config.loads(f"data_dir: {data_dir}\n" + config_text)
+    secrets.setdefault("hash_secret", TEST_HASH_SECRET.encode())
     app = App(cfg, config.Secrets(**secrets), exporters=[memory])
     app.memory = memory
     return app

@@ -1,13 +1,14 @@
 """`logminer serve` end to end: the real fluent-logger client in, JSON lines out."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 
 from fluent import asyncsender, sender
-from support import ALL_PORTS_FREE
+from support import ALL_PORTS_FREE, TEST_HASH_SECRET
 
 
 def test_records_sent_with_fluent_logger_come_out_as_json_lines(sidecar_factory):
@@ -61,6 +62,17 @@ def test_port_in_use_exits_2_with_a_clear_message(tmp_path):
                         + f"data_dir: {tmp_path}\n")
         result = subprocess.run(
             [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(path)],
-            capture_output=True, text=True, timeout=60)
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "LOGMINER_HASH_SECRET": TEST_HASH_SECRET})
     assert result.returncode == 2
     assert f"forward receiver cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_missing_hash_secret_refuses_to_start(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(ALL_PORTS_FREE + f"data_dir: {tmp_path}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGMINER_")}
+    result = subprocess.run([sys.executable, "-m", "sidecar.cli", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert "LOGMINER_HASH_SECRET is not set" in result.stderr

@@ -11,6 +11,7 @@ with fluent-plugin-config/sidecar/logminer-tls.yaml and connect the way the TLS 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import shutil
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import TEST_HASH_SECRET, TINY_BUNDLE, in_process_app
 from support_fluentd_conf import FluentdConfError, Section, env_names
 from support_fluentd_conf import parse as parse_fluentd
 
@@ -454,12 +456,15 @@ def test_sidecar_tls_config_loads_with_default_ports_and_requires_the_shared_key
     assert r.forward.require_shared_key is True
 
 
-def test_sidecar_tls_config_refuses_to_start_without_the_shared_key_env() -> None:
+def test_sidecar_tls_config_refuses_to_start_without_the_shared_key_env(tmp_path: Path) -> None:
     from sidecar.app import App
 
-    cfg = config.load(ROOT / "sidecar/logminer-tls.yaml")
+    loaded = config.load(ROOT / "sidecar/logminer-tls.yaml")
+    cfg = dataclasses.replace(
+        loaded, data_dir=str(tmp_path),
+        scoring=dataclasses.replace(loaded.scoring, model_dir=str(TINY_BUNDLE)))
     with pytest.raises(ValueError, match=defaults.FORWARD_SHARED_KEY_ENV):
-        App(cfg, config.Secrets(), exporters=[])
+        App(cfg, config.Secrets(hash_secret=TEST_HASH_SECRET.encode()), exporters=[])
 
 
 # ----------------------------------------------------- TLS end to end, as the snippets connect
@@ -485,8 +490,6 @@ def make_certificates(directory: Path) -> None:
 
 def tls_app(directory: Path, shared_key: bytes) -> Any:
     """The App from logminer-tls.yaml with the cert paths moved to ``directory``, free ports."""
-    from support import in_process_app
-
     cfg = yaml.safe_load(text("sidecar/logminer-tls.yaml"))
     for receiver in cfg["receivers"].values():
         receiver["port"] = 0
@@ -494,6 +497,7 @@ def tls_app(directory: Path, shared_key: bytes) -> Any:
                            "key_file": str(directory / "tls.key")}
     cfg["http"] = {"enabled": False}
     cfg["pipeline"] = {"batch": {"max_delay_ms": 2}}
+    cfg["scoring"] = {"model_dir": str(TINY_BUNDLE)}
     return in_process_app(directory / "data", yaml.safe_dump(cfg), forward_shared_key=shared_key)
 
 

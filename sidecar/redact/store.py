@@ -48,25 +48,27 @@ import fcntl
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import struct
 import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Final, Literal
 
 from Crypto.Cipher import AES
 
+from sidecar import defaults
+from sidecar.redact.tokens import TOKEN_PATTERN
+
 FsyncPolicy = Literal["always", "batch", "never"]
 
-DEFAULT_PATH: Final = Path("/var/lib/logminer/tokens")
+DEFAULT_PATH: Final = Path(defaults.DATA_DIR) / "tokens"
 KEY_BYTES: Final = 32
 MAX_ORIGINAL_BYTES: Final = 1 << 20
-TOKEN_PATTERN: Final = re.compile(r"<[A-Z][A-Z0-9_]*:[0-9a-f]{4}:[0-9a-f]{16}>")
 
 _MAGIC: Final = b"LMTOKST\x00"
 _VERSION: Final = 1
@@ -84,6 +86,21 @@ _RECORD_KEY_LABEL: Final = b"logminer token store v1: record encryption key"
 _BUFFER_LIMIT: Final = 64 * 1024
 _CHUNK: Final = 64 * 1024
 _FSYNC_POLICIES: Final = ("always", "batch", "never")
+
+
+@dataclass(frozen=True)
+class TokenStoreSettings:
+    enabled: bool = field(
+        default=False,
+        metadata={
+            "doc": "Keep token -> original, AES-GCM encrypted (key from "
+            f"{defaults.TOKEN_STORE_KEY_ENV}[_FILE]), for `logminer reveal`."
+        },
+    )
+    path: str | None = field(
+        default=None, metadata={"doc": "Store file (default: data_dir/tokens)."}
+    )
+    fsync: FsyncPolicy = field(default="batch", metadata={"doc": "always | batch | never."})
 
 
 class TokenStoreError(Exception):

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from support import in_process_app, port_of
+from support import TINY_BUNDLE, in_process_app, port_of
 
 from sidecar import config
 from sidecar.app import App
@@ -25,7 +25,8 @@ receivers:
 http: {enabled: false}
 pipeline:
   batch: {max_delay_ms: 1}
-"""
+scoring: {model_dir: TINY}
+""".replace("TINY", str(TINY_BUNDLE))
 
 
 def aggregator(tmp_path, port=0, shared_key=None):
@@ -152,7 +153,8 @@ def test_fluent_logger_mode_delivers_at_most_once(tmp_path):
 
 def test_app_builds_forward_exporters_from_config(tmp_path):
     cfg = config.loads(f"data_dir: {tmp_path}\nexporters:\n  - type: forward\n    port: 24299\n"
-                       "  - type: forward\n    port: 24298\n    mode: fluent-logger\n")
-    app = App(cfg, config.Secrets())
+                       "  - type: forward\n    port: 24298\n    mode: fluent-logger\n"
+                       f"scoring: {{model_dir: {TINY_BUNDLE}}}\n")
+    app = App(cfg, config.Secrets(hash_secret=b"s" * 32))
     assert [type(e).__name__ for e in app.pipeline._exporters] == [
         "ForwardAckExporter", "FluentLoggerExporter"]
