@@ -121,7 +121,8 @@ class RedactionStage:
     def __init__(self, settings: RedactionSettings, secret: bytes,
                  store: TokenStore | None = None):
         self.store = store
-        self.redactor = Redactor(settings, secret, on_token=store.put if store else None)
+        hook = store.put if store is not None else None  # an empty store is falsy
+        self.redactor = Redactor(settings, secret, on_token=hook)
 
     def process(self, batch: Batch) -> None:
         self.redactor.redact_batch(batch.records)
