@@ -96,7 +96,7 @@ class App:
             spool = FileSpool(Path(config.data_dir) / "spool", config.spool,
                               [e.name for e in exporters])
         self.redaction = RedactionStage(config.redaction, _hash_secret(secrets),
-                                        _token_store(config, secrets))
+                                        _token_store(config, secrets), self.telemetry)
         self.scoring = ScoringStage(config.scoring, config.templates,
                                     Path(config.data_dir) / "templates.json",
                                     self.telemetry.registry)

@@ -202,7 +202,9 @@ class Pipeline:
             self._telemetry.queue_depth.set(self._queued_records)
             self._changed.notify_all()
         if accepted is not None:
+            started = time.monotonic()
             await accepted
+            self._telemetry.ingest_latency.observe(time.monotonic() - started)
 
     async def stop(self) -> int:
         """Stop accepting; process, spool and deliver what is held within the grace period.
@@ -360,6 +362,8 @@ class Pipeline:
                 if not await self._export(exporter, batch):
                     return
                 await asyncio.to_thread(self._spool.commit, exporter.name, entry.end)
+                self._telemetry.delivery_latency.labels(exporter=exporter.name).observe(
+                    max(0.0, (time.time_ns() - entry.appended_ns) / 1e9))
             self._telemetry.spool_bytes.set(self._spool.bytes_used)
 
     async def _export(self, exporter: Exporter, batch: Batch) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from sidecar.redact.redactor import Redactor
 from sidecar.redact.settings import RedactionSettings
 from sidecar.redact.store import TokenStore
 from sidecar.scoring.scorer import Scorer, ScoringSettings, SessionAlert
+from sidecar.telemetry import Telemetry
 from sidecar.templates.miner import MinerSettings, TemplateMiner
 from sidecar.templates.store import TemplateStoreError, load_miner, save_miner
 from sidecar.templates.vocabulary import VocabularyMap
@@ -119,13 +121,20 @@ class RedactionStage:
     name = "redact"
 
     def __init__(self, settings: RedactionSettings, secret: bytes,
-                 store: TokenStore | None = None):
+                 store: TokenStore | None = None, telemetry: Telemetry | None = None):
         self.store = store
+        self._telemetry = telemetry
         hook = store.put if store is not None else None  # an empty store is falsy
         self.redactor = Redactor(settings, secret, on_token=hook)
 
     def process(self, batch: Batch) -> None:
         self.redactor.redact_batch(batch.records)
+        if self._telemetry is not None:
+            totals: Counter[str] = Counter()
+            for record in batch:
+                totals.update(record.redactions)
+            for detector, n in totals.items():
+                self._telemetry.redactions.labels(detector=detector).inc(n)
         if self.store is not None:
             self.store.flush()  # originals durable before their tokens are acknowledged
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar.record import Batch
 
 OTHER_TAG = "other"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0, 300.0)
 
 
 @dataclass
@@ -84,6 +86,17 @@ class Telemetry:
             "logminer_spool_backlog_age_seconds",
             "Age of the oldest spooled entry an exporter has not delivered.",
             ["exporter"], registry=r)
+        self.redactions = Counter(
+            "logminer_redaction_values", "Values replaced, by detector type.", ["detector"],
+            registry=r)
+        self.ingest_latency = Histogram(
+            "logminer_pipeline_ingest_latency_seconds",
+            "From a sender's submit to its records being durable in the spool.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.delivery_latency = Histogram(
+            "logminer_exporter_delivery_latency_seconds",
+            "From a batch entering the spool to its delivery by an exporter.", ["exporter"],
+            buckets=LATENCY_BUCKETS, registry=r)
         self.exported = Counter(
             "logminer_exporter_records", "Records an exporter delivered.",
             ["exporter"], registry=r)
