@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -46,6 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sidecar.app import App
 
     cfg = _load_config(args.config)
+    if args.outputs:
+        cfg = dataclasses.replace(
+            cfg, exporters=tuple(config.exporter_from_url(url) for url in args.outputs))
+    if args.data_dir:
+        cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
     secrets = config.load_secrets(os.environ)
     _setup_logging(cfg.logging)
     app = App(cfg, secrets)
@@ -111,6 +117,28 @@ def cmd_tokens_generate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from sidecar.scoring import commands
+
+    cfg = _load_config(args.config)
+    _setup_logging(cfg.logging)
+    secret = config.load_secrets(os.environ).hash_secret
+    result = commands.run_train(args, sys.argv[1:], cfg.redaction, cfg.templates.miner, secret)
+    print(result.table())
+    return 0 if result.installed is not None else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from sidecar.scoring import commands
+
+    cfg = _load_config(args.config)
+    _setup_logging(cfg.logging)
+    secret = config.load_secrets(os.environ).hash_secret
+    report = commands.run_evaluate(args, cfg.redaction, cfg.templates.miner, secret)
+    print(report.table())
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config.load(args.file)
     print(f"{args.file}: ok")
@@ -134,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Listen on the configured receivers and export processed records. "
                     "Without --config, uses the defaults (see `logminer config default`).")
     serve.add_argument("--config", metavar="FILE", help="YAML config file")
+    serve.add_argument(
+        "-o", "--output", dest="outputs", action="append", metavar="URL",
+        help="an exporter, replacing the config's list (repeatable): stdout://, "
+             "file:///PATH, forward://HOST:PORT, forward+tls://HOST:PORT; query parameters "
+             "set other fields, e.g. forward://agg:24225?compress=false")
+    serve.add_argument("--data-dir", metavar="DIR",
+                       help=f"where spool, template table, token store and privacy ledger "
+                            f"live (default {defaults.DATA_DIR})")
     serve.set_defaults(func=cmd_serve)
 
     config_option = {"metavar": "FILE", "help": "YAML config file (default: built-in defaults)"}
@@ -184,6 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--store", metavar="PATH", help="token store file (default: from config)")
     rot.set_defaults(func=cmd_tokens_rotate)
 
+    from sidecar.scoring import commands as scoring_commands
+
+    train = commands.add_parser(
+        "train", help="train a model bundle (needs the train extra: TensorFlow)",
+        description="Train the LSTM on whole normal sessions (start and end tokens), convert it "
+                    "to the stateful single-step TFLite model (dynamic-range int8), check it "
+                    "with the LiteRT runtime alone and install the bundle with its card.")
+    train.add_argument("--config", **config_option)
+    scoring_commands.add_train_options(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="measure a bundle on labelled sessions",
+        description="Score labelled raw logs (through redaction, mining, sessions and scoring, "
+                    "as live) or key sequences; report the quantised model, its float "
+                    "reference and an n-gram baseline.")
+    evaluate.add_argument("--config", **config_option)
+    scoring_commands.add_evaluate_options(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
     cfg = commands.add_parser("config", help="check or print configuration",
                               description="Validate a config file or print the default one.")
     cfg_commands = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -207,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.errors:
             print(f"config error: {line}", file=sys.stderr)
         return EXIT_USAGE
-    except (OSError, ValueError, TokenStoreError) as exc:
+    except (OSError, ValueError, ImportError, TokenStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

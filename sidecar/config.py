@@ -18,6 +18,7 @@ import dataclasses
 import json
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +256,49 @@ def _convert_dataclass(value: Any, cls: Any, path: str, errors: list[str]) -> An
     except ValueError as exc:  # a settings class's own cross-field check
         errors.append(f"{path or '<root>'}: {exc}")
         return cls()
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+OUTPUT_SCHEMES = ("stdout", "file", "forward", "forward+tls")
+
+
+def exporter_from_url(url: str) -> ExporterSettings:
+    """An exporter entry from a Fluent Bit style ``-o`` URL.
+
+    ``stdout://``, ``file:///PATH``, ``forward://HOST:PORT`` and ``forward+tls://HOST:PORT``;
+    query parameters set any other field of that exporter's settings
+    (``forward://agg:24225?compress=false&tag_prefix=clean.``), typed as in YAML.
+    """
+    parts = urllib.parse.urlsplit(url)
+    where = f"-o {url}"
+    scheme = parts.scheme
+    if scheme not in OUTPUT_SCHEMES:
+        raise ConfigError([f"{where}: unknown scheme (known: {', '.join(OUTPUT_SCHEMES)})"])
+    data: dict[str, Any]
+    if scheme == "stdout":
+        data = {"type": "stdout"}
+    elif scheme == "file":
+        if not parts.path:
+            raise ConfigError([f"{where}: needs a path, as in file:///var/log/out.jsonl"])
+        data = {"type": "file", "path": parts.path}
+    else:
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError([f"{where}: port is not a number in 1-65535"]) from None
+        data = {"type": "forward", "host": parts.hostname or defaults.LISTEN_HOST,
+                "port": port or defaults.AGGREGATOR_PORT}
+        if scheme.endswith("+tls"):
+            data["tls"] = {"enabled": True}
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        data[key] = yaml.safe_load(value) if value else ""
+    errors: list[str] = []
+    settings = _convert(data, ExporterSettings, "", errors)
+    if errors:
+        raise ConfigError([f"{where}: {error}" for error in errors])
+    return settings
 
 
 # --------------------------------------------------------------------------- rendering

@@ -51,9 +51,12 @@ class Sidecar:
 def sidecar_factory(tmp_path):
     started: list[Sidecar] = []
 
-    def start(config_text: str, env: dict[str, str] | None = None) -> Sidecar:
+    def start(config_text: str, env: dict[str, str] | None = None,
+              data_dir: Path | None = None) -> Sidecar:
+        """Start `logminer serve`; ``data_dir`` defaults to a fresh one per sidecar."""
         path = tmp_path / f"config-{len(started)}.yaml"
-        path.write_text(f"data_dir: {tmp_path / f'data-{len(started)}'}\n" + config_text)
+        data_dir = data_dir or tmp_path / f"data-{len(started)}"
+        path.write_text(f"data_dir: {data_dir}\n" + config_text)
         sidecar = Sidecar(path, env)
         started.append(sidecar)
         return sidecar

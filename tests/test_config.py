@@ -1,10 +1,12 @@
 """Config: golden YAML files load to the expected dataclasses or the expected errors."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from sidecar import config
+from sidecar.exporters.forward import ClientTlsSettings, ForwardExporterSettings
 from sidecar.exporters.jsonl import FileExporterSettings, StdoutExporterSettings
 from sidecar.pipeline import BatchSettings, PipelineSettings, RetrySettings
 
@@ -75,3 +77,27 @@ def test_secrets_from_env_or_file(tmp_path):
 def test_bad_secrets_are_rejected(environ, message):
     with pytest.raises(config.ConfigError, match=message):
         config.load_secrets(environ)
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("stdout://", StdoutExporterSettings()),
+    ("file:///var/log/out.jsonl", FileExporterSettings(path="/var/log/out.jsonl")),
+    ("forward://agg.example:24299?compress=false&tag_prefix=clean.",
+     ForwardExporterSettings(host="agg.example", port=24299, compress=False,
+                             tag_prefix="clean.")),
+    ("forward+tls://agg", ForwardExporterSettings(host="agg", tls=ClientTlsSettings(enabled=True))),
+])
+def test_output_urls_equal_config_entries(url, expected):
+    assert config.exporter_from_url(url) == expected
+
+
+@pytest.mark.parametrize("url, message", [
+    ("kafka://x", "-o kafka://x: unknown scheme"),
+    ("forward://h:99999", "port is not a number"),
+    ("forward://h?bogus=1", "-o forward://h?bogus=1: bogus: unknown key"),
+    ("forward://h?port=ten", 'port: expected int >= 1 and <= 65535, got "ten"'),
+    ("file://", "needs a path"),
+])
+def test_bad_output_urls_are_rejected_clearly(url, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.exporter_from_url(url)
