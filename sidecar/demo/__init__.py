@@ -1,0 +1,1 @@
+"""`logminer demo`: the sidecar end to end on bundled sample data (see run.py)."""
