@@ -6,6 +6,9 @@ per TYPE, false positives per decoy kind, speed as lines per second of ``redact_
 over the whole corpus (one core, tokens cache warm after the first occurrences, as in
 service). The audit fails if any planted value survived. The report holds counts only,
 never corpus text, so it is safe to print or ship.
+
+``score`` applies the same scoring to any ``Callable[[str], str]`` (another engine, a
+baseline), so benchmarks compare engines on exactly the audit's terms.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.redact import corpus
@@ -76,6 +80,34 @@ class AuditReport:
         return "\n".join(rows)
 
 
+def score(
+    redact: Callable[[str], str],
+    sample: Sequence[corpus.CorpusLine],
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> AuditReport:
+    """Run ``redact`` over every line of ``sample`` and score its outputs.
+
+    ``redact`` maps a raw line to its redacted text; only that call is timed, with
+    ``clock`` (e.g. ``time.process_time`` for CPU time). A planted value survives if its
+    raw text is still in the output; a decoy is altered if its raw text is not.
+    """
+    started = clock()
+    outputs = [redact(line.text) for line in sample]
+    seconds = clock() - started
+    report = AuditReport(lines=len(sample), seconds=seconds)
+    for line, output in zip(sample, outputs, strict=True):
+        for planted in line.planted:
+            report.planted[planted.type] += 1
+            if planted.value in output:
+                report.survived[planted.type] += 1
+        for decoy in line.decoys:
+            report.decoys[decoy.kind] += 1
+            if decoy.value not in output:
+                report.decoys_hit[decoy.kind] += 1
+    return report
+
+
 def run_audit(
     settings: RedactionSettings | None = None,
     *,
@@ -88,18 +120,4 @@ def run_audit(
     ``secret`` defaults to a random one: tokens do not matter to the audit.
     """
     redactor = Redactor(settings or RedactionSettings(), secret or os.urandom(32))
-    sample = corpus.generate(lines, seed)
-    started = time.perf_counter()
-    outputs = [redactor.redact_text(line.text)[0] for line in sample]
-    seconds = time.perf_counter() - started
-    report = AuditReport(lines=len(sample), seconds=seconds)
-    for line, output in zip(sample, outputs, strict=True):
-        for planted in line.planted:
-            report.planted[planted.type] += 1
-            if planted.value in output:
-                report.survived[planted.type] += 1
-        for decoy in line.decoys:
-            report.decoys[decoy.kind] += 1
-            if decoy.value not in output:
-                report.decoys_hit[decoy.kind] += 1
-    return report
+    return score(lambda text: redactor.redact_text(text)[0], corpus.generate(lines, seed))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.redact import DetectorSwitches, RedactionSettings, corpus
-from sidecar.redact.audit import AuditReport, run_audit
+from sidecar.redact.audit import AuditReport, run_audit, score
 
 
 def test_corpus_is_deterministic_per_seed():
@@ -72,3 +72,14 @@ def test_report_arithmetic():
     assert report.false_positive_rate("uuid") == 0.02
     assert report.false_positive_rate() == 0.01
     assert not report.passed
+
+
+def test_score_judges_any_callable_on_the_audit_terms():
+    sample = corpus.generate(len(corpus.TEMPLATES), seed=2)
+    untouched = score(lambda text: text, sample)
+    assert untouched.lines == len(sample)
+    assert all(untouched.recall(type_) == 0.0 for type_ in untouched.planted)
+    assert untouched.false_positive_rate() == 0.0
+    wiped = score(lambda text: "", sample, clock=lambda: 0.0)
+    assert wiped.passed and wiped.false_positive_rate() == 1.0
+    assert wiped.seconds == 0.0 and wiped.planted == untouched.planted
