@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh machine, then run it.
 # Creates .venv (unless a virtualenv is already active), installs the package with its
-# test and dev extras, installs the Debian packages the integration tests drive (when
-# run as root and they are missing), then runs ruff and the whole pytest suite.
+# test, dev and train extras (training tests run too), installs the Debian packages the
+# integration tests drive (when run as root and they are missing), then runs ruff and
+# the whole pytest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,7 @@ if [[ -z "${VIRTUAL_ENV:-}" ]]; then
   source .venv/bin/activate
 fi
 python -m pip install --quiet --upgrade pip
-python -m pip install --quiet -e '.[test,dev]'
+python -m pip install --quiet -e '.[test,dev,train]'
 
 DEBIAN_PACKAGES=()
 if ((${#DEBIAN_PACKAGES[@]})) && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
