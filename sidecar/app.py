@@ -17,6 +17,7 @@ from typing import Protocol
 
 from sidecar import defaults
 from sidecar.config import Config, Secrets
+from sidecar.exporters.alerts import ModelInfo
 from sidecar.exporters.base import Exporter
 from sidecar.exporters.forward import (
     FluentLoggerExporter,
@@ -24,6 +25,8 @@ from sidecar.exporters.forward import (
     ForwardExporterSettings,
 )
 from sidecar.exporters.jsonl import FileExporterSettings, JsonLinesExporter
+from sidecar.exporters.siem import SiemExporterSettings, SyslogExporter
+from sidecar.exporters.webhook import WebhookExporter, WebhookExporterSettings
 from sidecar.pipeline import Pipeline
 from sidecar.receivers.forward import ForwardReceiver
 from sidecar.receivers.grpc_server import GrpcHealth
@@ -66,11 +69,17 @@ class Receiver(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
-def build_exporters(config: Config, secrets: Secrets) -> list[Exporter]:
+def build_exporters(config: Config, secrets: Secrets,
+                    model: ModelInfo | None = None) -> list[Exporter]:
+    """The configured exporters; ``model`` tells alert exporters the live model's name/version."""
     exporters: list[Exporter] = []
     for settings in config.exporters:
         if isinstance(settings, FileExporterSettings):
             exporters.append(JsonLinesExporter.file(settings))
+        elif isinstance(settings, SiemExporterSettings):
+            exporters.append(SyslogExporter(settings, model=model))
+        elif isinstance(settings, WebhookExporterSettings):
+            exporters.append(WebhookExporter(settings, token=secrets.webhook_token, model=model))
         elif isinstance(settings, ForwardExporterSettings):
             exporters.append(
                 ForwardAckExporter(settings, shared_key=secrets.downstream_shared_key)
@@ -91,7 +100,8 @@ class App:
                  telemetry: Telemetry | None = None, spool: Spool | None = None):
         self.config = config
         self.telemetry = telemetry or Telemetry()
-        exporters = build_exporters(config, secrets) if exporters is None else exporters
+        if exporters is None:
+            exporters = build_exporters(config, secrets, model=self._live_model)
         if spool is None:
             spool = FileSpool(Path(config.data_dir) / "spool", config.spool,
                               [e.name for e in exporters])
@@ -107,6 +117,10 @@ class App:
         self.receivers = self._receivers(config, secrets)
         self.status = (StatusServer(config.http.host, config.http.port, self.telemetry)
                        if config.http.enabled else None)
+
+    def _live_model(self) -> tuple[str, int]:
+        card = self.scoring.scorer.live_bundle.card
+        return card.name, card.version
 
     def _receivers(self, config: Config, secrets: Secrets) -> list[Receiver]:
         r, submit, telemetry = config.receivers, self.pipeline.submit, self.telemetry

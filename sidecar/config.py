@@ -29,6 +29,8 @@ import yaml
 from sidecar import defaults
 from sidecar.exporters.forward import ForwardExporterSettings
 from sidecar.exporters.jsonl import FileExporterSettings, StdoutExporterSettings
+from sidecar.exporters.siem import SiemExporterSettings
+from sidecar.exporters.webhook import WebhookExporterSettings
 from sidecar.pipeline import PipelineSettings
 from sidecar.receivers.forward import ForwardSettings
 from sidecar.receivers.grpc_service import GrpcSettings
@@ -49,7 +51,8 @@ class ConfigError(ValueError):
         super().__init__("\n".join(errors))
 
 
-ExporterSettings = StdoutExporterSettings | FileExporterSettings | ForwardExporterSettings
+ExporterSettings = (StdoutExporterSettings | FileExporterSettings | ForwardExporterSettings
+                    | SiemExporterSettings | WebhookExporterSettings)
 
 
 @dataclass(frozen=True)
@@ -261,13 +264,14 @@ def _convert_dataclass(value: Any, cls: Any, path: str, errors: list[str]) -> An
 # --------------------------------------------------------------------------- outputs
 
 
-OUTPUT_SCHEMES = ("stdout", "file", "forward", "forward+tls")
+OUTPUT_SCHEMES = ("stdout", "file", "forward", "forward+tls", "syslog", "syslog+tls")
 
 
 def exporter_from_url(url: str) -> ExporterSettings:
     """An exporter entry from a Fluent Bit style ``-o`` URL.
 
-    ``stdout://``, ``file:///PATH``, ``forward://HOST:PORT`` and ``forward+tls://HOST:PORT``;
+    ``stdout://``, ``file:///PATH``, ``forward://HOST:PORT``, ``forward+tls://HOST:PORT``,
+    ``syslog://HOST:PORT`` (plain TCP) and ``syslog+tls://HOST:PORT``;
     query parameters set any other field of that exporter's settings
     (``forward://agg:24225?compress=false&tag_prefix=clean.``), typed as in YAML.
     """
@@ -288,10 +292,14 @@ def exporter_from_url(url: str) -> ExporterSettings:
             port = parts.port
         except ValueError:
             raise ConfigError([f"{where}: port is not a number in 1-65535"]) from None
-        data = {"type": "forward", "host": parts.hostname or defaults.LISTEN_HOST,
-                "port": port or defaults.AGGREGATOR_PORT}
-        if scheme.endswith("+tls"):
-            data["tls"] = {"enabled": True}
+        host = parts.hostname or defaults.LISTEN_HOST
+        if scheme.startswith("syslog"):
+            data = {"type": "syslog", "host": host, "port": port or 0,
+                    "transport": "tls" if scheme.endswith("+tls") else "tcp"}
+        else:
+            data = {"type": "forward", "host": host, "port": port or defaults.AGGREGATOR_PORT}
+            if scheme.endswith("+tls"):
+                data["tls"] = {"enabled": True}
     for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         data[key] = yaml.safe_load(value) if value else ""
     errors: list[str] = []
@@ -348,6 +356,7 @@ class Secrets:
     token_store_key: bytes | None = None
     forward_shared_key: bytes | None = None
     downstream_shared_key: bytes | None = None
+    webhook_token: bytes | None = None
 
     def __repr__(self) -> str:  # never print secret values
         state = {f.name: "set" if getattr(self, f.name) else "unset"
@@ -362,6 +371,7 @@ def load_secrets(environ: Mapping[str, str]) -> Secrets:
         token_store_key=_secret(environ, defaults.TOKEN_STORE_KEY_ENV),
         forward_shared_key=_secret(environ, defaults.FORWARD_SHARED_KEY_ENV),
         downstream_shared_key=_secret(environ, defaults.DOWNSTREAM_SHARED_KEY_ENV),
+        webhook_token=_secret(environ, defaults.WEBHOOK_TOKEN_ENV),
     )
 
 

@@ -1,6 +1,6 @@
-"""TLS settings shared by every listener and client, and the contexts built from them.
+"""TLS settings shared by every listener and exporter, and the contexts built from them.
 
-Off unless a certificate is configured. ``client_ca_file`` turns on mutual TLS
+Listeners: off unless a certificate is configured. ``client_ca_file`` turns on mutual TLS
 (clients must present a certificate signed by that CA). Paths are checked
 when the context is built, with an error that names the file.
 """
@@ -41,4 +41,30 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext | None:
             context.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as exc:
         raise OSError(f"cannot load TLS files ({files}): {exc.strerror or exc}") from None
+    return context
+
+
+@dataclass(frozen=True)
+class ClientTlsSettings:
+    enabled: bool = field(default=False, metadata={"doc": "Connect with TLS."})
+    ca_file: str | None = field(
+        default=None, metadata={"doc": "CA bundle to verify the server (default: system CAs)."})
+    server_name: str | None = field(
+        default=None, metadata={"doc": "Name to verify in the server certificate (default: "
+                                       "the host)."})
+    cert_file: str | None = field(
+        default=None, metadata={"doc": "Client certificate for mutual TLS."})
+    key_file: str | None = field(default=None, metadata={"doc": "Client private key."})
+
+
+def client_context(settings: ClientTlsSettings, user: str) -> ssl.SSLContext | None:
+    """An SSLContext for an exporter's connections (``user`` names it in errors), or None."""
+    if not settings.enabled:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+        if settings.cert_file:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise OSError(f"cannot load TLS files for {user}: {exc.strerror or exc}") from None
     return context

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from sidecar import config
-from sidecar.exporters.forward import ClientTlsSettings, ForwardExporterSettings
+from sidecar.exporters.forward import ForwardExporterSettings
 from sidecar.exporters.jsonl import FileExporterSettings, StdoutExporterSettings
 from sidecar.pipeline import BatchSettings, PipelineSettings, RetrySettings
+from sidecar.tls import ClientTlsSettings
 
 TESTDATA = Path(__file__).parent / "testdata" / "config"
 

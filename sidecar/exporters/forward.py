@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,21 +35,9 @@ from sidecar.codecs import forward as codec
 from sidecar.codecs.errors import ProtocolError
 from sidecar.exporters.base import ExportResult
 from sidecar.record import Batch, Record
+from sidecar.tls import ClientTlsSettings, client_context
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClientTlsSettings:
-    enabled: bool = field(default=False, metadata={"doc": "Connect with TLS."})
-    ca_file: str | None = field(
-        default=None, metadata={"doc": "CA bundle to verify the server (default: system CAs)."})
-    server_name: str | None = field(
-        default=None, metadata={"doc": "Name to verify in the server certificate (default: "
-                                       "the host)."})
-    cert_file: str | None = field(
-        default=None, metadata={"doc": "Client certificate for mutual TLS."})
-    key_file: str | None = field(default=None, metadata={"doc": "Client private key."})
 
 
 @dataclass(frozen=True)
@@ -100,19 +87,6 @@ def to_forward_record(record: Record) -> dict[str, Any]:
     return out
 
 
-def client_context(settings: ClientTlsSettings) -> ssl.SSLContext | None:
-    if not settings.enabled:
-        return None
-    try:
-        context = ssl.create_default_context(cafile=settings.ca_file)
-        if settings.cert_file:
-            context.load_cert_chain(settings.cert_file, settings.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise OSError(f"cannot load TLS files for the forward exporter: "
-                      f"{exc.strerror or exc}") from None
-    return context
-
-
 class ForwardAckExporter:
     """At-least-once forward exporter (see the module docstring)."""
 
@@ -123,7 +97,7 @@ class ForwardAckExporter:
         self.name = settings.name
         self._settings = settings
         self._shared_key = shared_key if settings.use_shared_key else None
-        self._context = client_context(settings.tls)
+        self._context = client_context(settings.tls, self.name)
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._conn: codec.ClientConnection | None = None
 
