@@ -160,18 +160,22 @@ def histogram(series: dict[str, list[float]], title: str, bins: int = 20) -> str
 
 
 def bars(values: Counter[str], title: str) -> str:
-    items = sorted(values.items(), key=lambda kv: -kv[1])
+    """Horizontal bars, one row per label (long label lists stay readable)."""
+    items = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))
     top = max(values.values(), default=1)
-    width = (WIDTH - 2 * PAD) / max(1, len(items))
+    row, label_width = 16, 130
+    height = PAD + row * len(items)
     body = ""
     for i, (name, n) in enumerate(items):
-        h = n / top * (HEIGHT - 2 * PAD - 20)
-        x = PAD + i * width
-        body += (f'<rect x="{x:.1f}" y="{HEIGHT - PAD - h:.1f}" width="{width - 4:.1f}" '
-                 f'height="{h:.1f}" fill="#2ca02c"/><text x="{x:.1f}" y="{HEIGHT - PAD + 12}" '
-                 f'font-size="9">{html.escape(name)}</text><text x="{x:.1f}" '
-                 f'y="{HEIGHT - PAD - h - 3:.1f}" font-size="10">{n}</text>')
-    return _svg(body, title)
+        y = 10 + i * row
+        w = n / top * (WIDTH - label_width - 60)
+        body += (f'<text x="{label_width - 6}" y="{y + 11}" font-size="11" '
+                 f'text-anchor="end">{html.escape(name)}</text><rect x="{label_width}" '
+                 f'y="{y}" width="{w:.1f}" height="{row - 4}" fill="#2ca02c"/><text '
+                 f'x="{label_width + w + 4:.1f}" y="{y + 11}" font-size="11">{n}</text>')
+    return (f'<svg viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" '
+            f'aria-label="{html.escape(title)}"><rect width="100%" height="100%" '
+            f'fill="#fafafa"/>{body}</svg>')
 
 
 def _axis_labels(x: str, y: str) -> str:
@@ -182,16 +186,17 @@ def _axis_labels(x: str, y: str) -> str:
 def render_html(s: Summary) -> str:
     esc = html.escape
     c = s.confusion
-    rows = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in sorted(
-        s.redactions.items()))
-    pairs = "".join(f"<tr><td class=b>{esc(b)}</td><td class=a>{esc(a)}</td></tr>"
+    pairs = "".join(f"<tr><th>before</th><td class=b>{esc(b)}</td></tr>"
+                    f"<tr><th>after</th><td class=a>{esc(a)}</td></tr>"
                     for b, a in s.before_after)
-    flagged = "".join(f"<tr><td>{esc(x)}</td><td>{'anomaly' if a else 'normal'}</td>"
+    flagged = "".join(f"<tr><th>{esc(x)}</th><th>{'anomaly' if a else 'normal'}</th>"
                       f"<td>{esc(w)}</td></tr>" for x, a, w in s.flagged)
     verdict = "PASS" if not s.failures else "FAIL: " + "; ".join(s.failures)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>LogMiner demo report</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:60em}}td{{padding:2px 8px;
-vertical-align:top}}td.b{{color:#a00}}td.a{{color:#060}}table{{border-collapse:collapse}}
+vertical-align:top;overflow-wrap:anywhere}}th{{text-align:left;font-weight:normal;
+white-space:nowrap;padding:2px 8px;vertical-align:top}}td.b{{color:#a00}}td.a{{color:#060}}
+table{{border-collapse:collapse}}td.a,td.b{{font-family:monospace;font-size:12px}}
 tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
 <h1>LogMiner Sidecar demo</h1><p><b>{esc(verdict)}</b></p>
 <p>{s.sent:,} records sent, {s.arrived:,} arrived downstream (+{s.alerts} session alerts),
@@ -203,7 +208,6 @@ tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
 {histogram({"normal sessions": s.session_scores[False],
             "anomalous sessions": s.session_scores[True]}, "score distributions")}
 <h2>Redactions by type</h2>{bars(s.redactions, "redactions by type")}
-<table>{rows}</table>
 <h2>Before / after</h2><p>The before side is what the demo generated, not read back.</p>
 <table>{pairs}</table>
 <h2>Flagged sessions</h2><table>{flagged}</table>
