@@ -25,6 +25,7 @@ without the disk, for tests and embedding.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import threading
@@ -253,7 +254,9 @@ class FileSpool(_Bounded):
     def append(self, payload: bytes, timeout: float | None = None) -> bool:
         """Write one entry (synced per policy); False if no room appeared in ``timeout``.
 
-        Raises SpoolError on a disk error; the entry is then not in the spool.
+        Raises SpoolError on a disk error; the entry is then not in the spool: the
+        tail segment is cut back to its last whole entry and reopened, so a failed
+        write leaves neither a torn entry nor buffered bytes behind.
         """
         if not self._wait_for_room(len(payload) + HEADER.size, timeout):
             return False
@@ -261,16 +264,31 @@ class FileSpool(_Bounded):
         crc = zlib.crc32(payload, zlib.crc32(struct.pack(">Q", appended)))
         with self._lock:
             try:
+                if self._tail.closed:
+                    self._reopen_tail()
                 if self._tail.tell() >= self._settings.segment_bytes:
                     self._roll()
                 self._tail.write(HEADER.pack(len(payload), crc, appended) + payload)
                 self._tail.flush()
                 self._sync()
             except OSError as exc:
+                self._abandon_tail()
                 raise SpoolError(f"cannot write to spool {self._dir}: "
                                  f"{exc.strerror or exc}") from None
             self._used += len(payload) + HEADER.size
         return True
+
+    def _abandon_tail(self) -> None:
+        """After a failed write: drop the buffered bytes and cut the torn entry off."""
+        with contextlib.suppress(OSError):
+            self._tail.close()  # may raise while flushing the failed bytes; it closes anyway
+        with contextlib.suppress(OSError):
+            self._reopen_tail()
+
+    def _reopen_tail(self) -> None:
+        path = self._segment_path(self._tail_id)
+        os.truncate(path, self._valid_prefix(path))
+        self._tail = open(path, "ab")
 
     def _roll(self) -> None:
         os.fsync(self._tail.fileno())

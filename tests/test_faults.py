@@ -83,3 +83,53 @@ def test_kill_9_mid_stream_loses_no_acknowledged_record(sidecar_factory, tmp_pat
     print(f"\nkill -9 after {len(acked_before_kill)} acked batches: {len(delivered)} delivered "
           f"for {TOTAL} sent, {duplicates} duplicates, {len(missing)} missing")
     assert missing == []
+
+
+def test_disk_error_on_the_spool_refuses_the_batch_with_a_clear_error(tmp_path, caplog):
+    """A spool write error: the sender is not acknowledged, the error is logged and counted,
+    nothing raw is written anywhere, and writes resume once the disk is back."""
+    import asyncio
+    import socket
+
+    from support import in_process_app, port_of
+
+    from sidecar.codecs import forward
+
+    planted = "jane.doe@example.com"
+
+    def send(port, chunk):
+        client = forward.ClientConnection()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(client.pack_forward(
+                "app", [forward.Entry(1, {"message": f"login {planted}"})], chunk=chunk,
+                compress=False))
+            data = sock.recv(4096)  # the ack, or b"" when the sidecar closes without one
+        client.receive_data(data)
+        event = client.next_event()
+        return isinstance(event, forward.AckReceived)
+
+    async def main():
+        app = in_process_app(tmp_path / "data")
+        await app.start()
+        spool = app.pipeline.spool
+        try:
+            # A fault we cannot make real on this disk: writes that fail with ENOSPC.
+            spool._tail = open("/dev/full", "ab")
+            assert not await asyncio.to_thread(send, port_of(app, "forward"), "c1")
+            # The spool reopened its own tail: the next chunk is accepted.
+            assert await asyncio.to_thread(send, port_of(app, "forward"), "c2")
+            await app.memory.wait_for(1, timeout=10)
+        finally:
+            await app.stop()
+        registry = app.telemetry.registry
+        assert registry.get_sample_value("logminer_pipeline_failures_total",
+                                         {"kind": "spool_write"}) == 1
+        assert registry.get_sample_value("logminer_receiver_errors_total",
+                                         {"receiver": "forward", "kind": "rejected"}) == 1
+        assert "cannot write to spool" in caplog.text and planted not in caplog.text
+        for path in (tmp_path / "data").rglob("*"):
+            if path.is_file():
+                assert planted.encode() not in path.read_bytes(), path
+        assert [r.body.startswith("login <EMAIL:") for r in app.memory.records] == [True]
+
+    asyncio.run(main())

@@ -152,10 +152,16 @@ def test_unusable_directory_is_a_clear_error(tmp_path):
         FileSpool(occupied, small(), ["out"])
 
 
-def test_disk_full_on_append_is_a_spool_error_and_nothing_is_counted(tmp_path):
-    spool = FileSpool(tmp_path, small(), ["out"])
+def test_disk_full_on_append_is_a_spool_error_and_leaves_no_torn_entry(tmp_path):
+    spool = FileSpool(tmp_path, small(segment_bytes=1 << 20), ["out"])
+    spool.append(b"before")
     used = spool.bytes_used
     spool._tail = open("/dev/full", "ab")  # a real ENOSPC from the kernel on flush
     with pytest.raises(SpoolError, match="cannot write to spool"):
         spool.append(b"payload")
     assert spool.bytes_used == used
+    spool.append(b"after")  # the spool reopened its real tail
+    assert payloads(spool.read("out", 10)) == [b"before", b"after"]
+    spool.close()
+    assert payloads(FileSpool(tmp_path, small(segment_bytes=1 << 20), ["out"]).read("out", 10)) \
+        == [b"before", b"after"]
