@@ -47,6 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from _harness import mark, marker, median_range, send_and_wait_acks
+
 from sidecar.exporters.base import ExportResult
 from sidecar.record import Batch
 
@@ -81,7 +83,7 @@ def filebeat_event(i: int) -> dict[str, object]:
 
 
 def started() -> None:
-    print(f"START {time.monotonic()!r}", flush=True)
+    mark("START")
 
 
 def client_fluent_logger(port: int, n: int) -> None:
@@ -109,16 +111,7 @@ def client_forward_packed(port: int, n: int, chunk: int = 1000) -> None:
     with socket.create_connection(("127.0.0.1", port)) as sock:
         started()
         for chunk_id, frame in frames:
-            sock.sendall(frame)
-            while True:
-                conn.receive_data(sock.recv(65536))
-                event = conn.next_event()
-                if isinstance(event, forward.AckReceived):
-                    if event.chunk != chunk_id:
-                        raise SystemExit(f"ack for {event.chunk}, expected {chunk_id}")
-                    break
-                if isinstance(event, forward.ConnectionClosed):
-                    raise SystemExit("connection closed without an ack")
+            send_and_wait_acks(sock, conn, [(chunk_id, frame)])
 
 
 def client_otlp_sdk(port: int, n: int) -> None:
@@ -254,18 +247,14 @@ def null_app(exporter: CountingExporter, data_dir: str, max_delay_ms: int | None
     """
     from sidecar import config
     from sidecar.app import App
-    from sidecar.pipeline import Stage
-
-    class NullApp(App):
-        def _stages(self) -> list[Stage]:  # null processing: receive, queue, export
-            return []
 
     text = (f"data_dir: {data_dir}\nhttp: {{enabled: false}}\nreceivers: {{forward: {{port: 0}},"
             " otlp: {port: 0}, grpc: {port: 0}, lumberjack: {port: 0}}\n")
     if max_delay_ms is not None:
         text += f"pipeline: {{batch: {{max_delay_ms: {max_delay_ms}}}}}\n"
     cfg = config.loads(text)
-    return NullApp(cfg, config.Secrets(), exporters=[exporter])
+    # Null processing: receive, queue, spool, export; no stages.
+    return App(cfg, config.Secrets(hash_secret=os.urandom(32)), exporters=[exporter], stages=[])
 
 
 async def run_case(port: int, exporter: CountingExporter, kind: str, n: int) -> float:
@@ -283,8 +272,7 @@ async def run_case(port: int, exporter: CountingExporter, kind: str, n: int) -> 
     except TimeoutError:
         proc.kill()
         raise RuntimeError(f"timed out with {exporter.count} of {n} records") from None
-    start = float(next(line.split()[1] for line in out.decode().splitlines()
-                       if line.startswith("START ")))
+    start = marker(out.decode(), "START")
     await asyncio.sleep(0.1)  # let stragglers (duplicates) show up before checking the count
     if exporter.count != n:
         raise RuntimeError(f"exported {exporter.count} records, expected {n}")
@@ -415,9 +403,8 @@ def report(receivers: list[tuple[Case, int, list[float] | str]],
         if isinstance(result, str):
             lines.append(f"| {case.receiver} | {case.client} | {n:,} | {result} | |")
         else:
-            lines.append(f"| {case.receiver} | {case.client} | {n:,} | "
-                         f"{statistics.median(result):,.0f} | "
-                         f"{min(result):,.0f} - {max(result):,.0f} |")
+            median, spread = median_range(result)
+            lines.append(f"| {case.receiver} | {case.client} | {n:,} | {median} | {spread} |")
     lines += ["", "Decode only, in-process (wire bytes fed in 256 KiB reads):", "",
               "| decoder | records | records/s (median) | MB/s (wire) |",
               "|---|---:|---:|---:|"]

@@ -9,6 +9,7 @@ period, exporters flush. Readiness turns true only when everything started.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sidecar import defaults
+from sidecar.aggregates import AGGREGATES_FILE, AggregateCounts
 from sidecar.config import Config, Secrets
 from sidecar.exporters.alerts import ModelInfo
 from sidecar.exporters.base import Exporter
@@ -27,7 +29,9 @@ from sidecar.exporters.forward import (
 from sidecar.exporters.jsonl import FileExporterSettings, JsonLinesExporter
 from sidecar.exporters.siem import SiemExporterSettings, SyslogExporter
 from sidecar.exporters.webhook import WebhookExporter, WebhookExporterSettings
-from sidecar.pipeline import Pipeline
+from sidecar.pipeline import Pipeline, Stage
+from sidecar.privacy import PrivacyAccountant, Reporter
+from sidecar.readiness import Readiness, sidecar_probes
 from sidecar.receivers.forward import ForwardReceiver
 from sidecar.receivers.grpc_server import GrpcHealth
 from sidecar.receivers.grpc_service import GrpcReceiver
@@ -97,7 +101,11 @@ class App:
 
     def __init__(self, config: Config, secrets: Secrets, *,
                  exporters: Sequence[Exporter] | None = None,
-                 telemetry: Telemetry | None = None, spool: Spool | None = None):
+                 telemetry: Telemetry | None = None, spool: Spool | None = None,
+                 stages: Sequence[Stage] | None = None):
+        """``exporters``, ``telemetry`` and ``spool`` replace the configured ones (tests,
+        embedding); ``stages`` replaces the processing stages - only the ingest benchmark's
+        null processing does that, since without redaction raw records would leave."""
         self.config = config
         self.telemetry = telemetry or Telemetry()
         if exporters is None:
@@ -107,13 +115,30 @@ class App:
                               [e.name for e in exporters])
         self.redaction = RedactionStage(config.redaction, _hash_secret(secrets),
                                         _token_store(config, secrets), self.telemetry)
+        self.telemetry.tag_is_clean = lambda tag: self.redaction.clean_tag(tag) == tag
         self.scoring = ScoringStage(config.scoring, config.templates,
                                     Path(config.data_dir) / "templates.json",
                                     self.telemetry.registry)
-        self.pipeline = Pipeline(config.pipeline,
-                                 [as_stage(self.redaction), as_stage(self.scoring)],
+        default = [as_stage(self.redaction), as_stage(self.scoring)]
+        self.aggregates: AggregateCounts | None = None
+        self.reporter: Reporter | None = None
+        if config.privacy.enabled:
+            data_dir = Path(config.data_dir)
+            self.aggregates = AggregateCounts(config.privacy.aggregates,
+                                              data_dir / AGGREGATES_FILE)
+            self.reporter = Reporter(config.privacy, self.aggregates,
+                                     PrivacyAccountant.from_settings(data_dir, config.privacy))
+            default.append(Stage(self.aggregates.name, self.aggregates.process))
+        self.pipeline = Pipeline(config.pipeline, stages if stages is not None else default,
                                  exporters, self.telemetry, spool)
         self.grpc_health = GrpcHealth()
+        self.readiness = Readiness(self.telemetry.health, sidecar_probes(
+            model_loaded=lambda: self.scoring.scorer.live_bundle is not None,
+            spool_dir=Path(config.data_dir) / "spool",
+            spool_used=lambda: self.pipeline.spool.bytes_used,
+            spool_bound=config.spool.max_bytes,
+            downstream_ok=lambda: self.pipeline.exports_ok), self.grpc_health.set_serving)
+        self._readiness_task: asyncio.Task[None] | None = None
         self.receivers = self._receivers(config, secrets)
         self.status = (StatusServer(config.http.host, config.http.port, self.telemetry)
                        if config.http.enabled else None)
@@ -131,7 +156,8 @@ class App:
         if r.otlp.enabled:
             receivers.append(OtlpReceiver(r.otlp, submit, telemetry, self.grpc_health))
         if r.grpc.enabled:
-            receivers.append(GrpcReceiver(r.grpc, submit, telemetry, self.grpc_health))
+            receivers.append(GrpcReceiver(r.grpc, submit, telemetry, self.grpc_health,
+                                          reporter=self.reporter))
         if r.lumberjack.enabled:
             receivers.append(LumberjackReceiver(r.lumberjack, submit, telemetry))
         return receivers
@@ -149,10 +175,16 @@ class App:
             await self.stop()
             raise
         self.telemetry.health.set("receivers", True)
-        await self.grpc_health.set_serving(True)
+        await self.readiness.evaluate()
+        self._readiness_task = asyncio.create_task(self.readiness.run(), name="readiness")
 
     async def stop(self) -> int:
         """Stop in reverse order; returns records lost to the grace period."""
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness_task
+            self._readiness_task = None
         self.telemetry.health.set("receivers", False)
         await self.grpc_health.set_serving(False)
         grace = self.config.pipeline.shutdown_grace_seconds
@@ -160,6 +192,8 @@ class App:
             await receiver.stop(grace)
         lost = await self.pipeline.stop()
         self.scoring.save()
+        if self.aggregates is not None:
+            self.aggregates.close()
         if self.redaction.store is not None:
             self.redaction.store.close()
         if self.status is not None:

@@ -145,6 +145,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run.main(args)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from sidecar.aggregates import AGGREGATES_FILE, AggregateCounts, Breakdown
+    from sidecar.privacy import (
+        PrivacyAccountant,
+        ReportDenied,
+        Reporter,
+        ReportQuery,
+        render_table,
+    )
+
+    cfg = _load_config(args.config)
+    _setup_logging(cfg.logging)
+    data_dir = Path(args.data_dir or cfg.data_dir)
+    counts = AggregateCounts.read(data_dir / AGGREGATES_FILE, cfg.privacy.aggregates)
+    reporter = Reporter(cfg.privacy, counts,
+                        PrivacyAccountant.from_settings(data_dir, cfg.privacy))
+    query = ReportQuery(consumer=args.consumer, since=args.since, until=args.until,
+                        group_by=frozenset(Breakdown(b) for b in args.group_by),
+                        exact=args.exact)
+    try:
+        report = reporter.report(query)
+    except ReportDenied as exc:
+        print(f"denied: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_dict(), indent=2) if args.json else render_table(report))
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from sidecar import top
+
+    return top.run(args.url, args.interval, once=args.once, out=sys.stdout)
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config.load(args.file)
     print(f"{args.file}: ok")
@@ -261,6 +295,35 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", **config_option)
     scoring_commands.add_evaluate_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    report = commands.add_parser(
+        "report", help="print a differentially private aggregate report",
+        description="Counts of records, anomalies, redactions per detector and records per "
+                    "template from DATA_DIR/aggregates.json, with discrete Laplace or Gaussian "
+                    "noise; each report charges CONSUMER's privacy budget in "
+                    "DATA_DIR/privacy-ledger.json (shared with the running sidecar). Exit 1 "
+                    "if the budget or config refuses the report.")
+    report.add_argument("--consumer", required=True, help="whose budget pays")
+    report.add_argument("--since", type=int, metavar="UNIX_SECONDS",
+                        help="start (default: the oldest retained hour)")
+    report.add_argument("--until", type=int, metavar="UNIX_SECONDS", help="end (default: now)")
+    report.add_argument("--group-by", action="append", default=[],
+                        choices=["hour", "template", "detector"], help="repeatable")
+    report.add_argument("--exact", action="store_true",
+                        help="exact counts, no noise (only if privacy.allow_exact_reports)")
+    report.add_argument("--json", action="store_true", help="JSON instead of a table")
+    report.add_argument("--config", **config_option)
+    report.add_argument("--data-dir", metavar="DIR", help="default: data_dir from the config")
+    report.set_defaults(func=cmd_report)
+
+    from sidecar import top
+
+    top_parser = commands.add_parser(
+        "top", help="live view of a running sidecar",
+        description="Poll a sidecar's /metrics and show throughput, anomalies, redactions, "
+                    "queue, spool, sessions and drift, redrawn every interval (Ctrl-C quits).")
+    top.add_arguments(top_parser)
+    top_parser.set_defaults(func=cmd_top)
 
     cfg = commands.add_parser("config", help="check or print configuration",
                               description="Validate a config file or print the default one.")

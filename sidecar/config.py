@@ -32,6 +32,7 @@ from sidecar.exporters.jsonl import FileExporterSettings, StdoutExporterSettings
 from sidecar.exporters.siem import SiemExporterSettings
 from sidecar.exporters.webhook import WebhookExporterSettings
 from sidecar.pipeline import PipelineSettings
+from sidecar.privacy import PrivacySettings
 from sidecar.receivers.forward import ForwardSettings
 from sidecar.receivers.grpc_service import GrpcSettings
 from sidecar.receivers.lumberjack import LumberjackSettings
@@ -115,6 +116,10 @@ class Config:
     exporters: tuple[ExporterSettings, ...] = field(
         default=(StdoutExporterSettings(),),
         metadata={"doc": "Where sanitized records go (each entry has a `type`)."})
+    privacy: PrivacySettings = field(
+        default_factory=PrivacySettings,
+        metadata={"doc": "Differentially private aggregate reports: noise, per-consumer "
+                         "budgets (data_dir/privacy-ledger.json), the hourly counts behind them."})
     http: HttpSettings = field(
         default_factory=HttpSettings, metadata={"doc": "Metrics and health endpoints."})
     logging: LoggingSettings = field(

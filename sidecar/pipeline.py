@@ -148,6 +148,7 @@ class Pipeline:
         self._worker: asyncio.Task[None] | None = None
         self._deliveries: list[asyncio.Task[None]] = []
         self._deadline: float | None = None
+        self._export_ok = {e.name: True for e in self._exporters}
 
     @property
     def queued_records(self) -> int:
@@ -156,6 +157,11 @@ class Pipeline:
     @property
     def spool(self) -> Spool:
         return self._spool
+
+    @property
+    def exports_ok(self) -> bool:
+        """Whether every exporter's last export attempt succeeded (True before the first)."""
+        return all(self._export_ok.values())
 
     async def start(self) -> None:
         """Start exporters, the worker and the delivery loops."""
@@ -376,6 +382,7 @@ class Pipeline:
             except Exception as exc:  # an exporter bug is a failed attempt
                 log.error("exporter %s raised %s", exporter.name, type(exc).__name__)
                 result = ExportResult.RETRY
+            self._export_ok[exporter.name] = result is ExportResult.SUCCESS
             if result is ExportResult.SUCCESS:
                 self._telemetry.exported.labels(exporter=exporter.name).inc(len(batch))
                 return True

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from sidecar.durable import fsync_dir
+
 HEADER = struct.Struct(">IIQ")
 SEGMENT_GLOB = "segment-*.spool"
 
@@ -296,7 +298,7 @@ class FileSpool(_Bounded):
         self._tail_id += 1
         self._segments.append(self._tail_id)
         self._tail = open(self._segment_path(self._tail_id), "ab")
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def _sync(self) -> None:
         policy = self._settings.fsync
@@ -364,7 +366,7 @@ class FileSpool(_Bounded):
         """(bytes not yet committed by ``consumer``, age in seconds of its oldest entry)."""
         with self._lock:
             cursor = self._cursors[consumer]
-            sizes = {s: self._segment_path(s).stat().st_size for s in self._segments
+            sizes = {s: _size(self._segment_path(s)) for s in self._segments
                      if s >= cursor.segment}
         pending = sum(sizes.values()) - (cursor.offset if cursor.segment in sizes else 0)
         first = self._read_segment(cursor.segment, cursor.offset, 1) if pending else []
@@ -382,9 +384,9 @@ class FileSpool(_Bounded):
                 self._tail.close()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def _size(path: Path) -> int:
+    """A segment's size; 0 if it is gone (deleted under us: readiness reports the spool)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -1,6 +1,7 @@
 """The processing stages, built from config: redact -> template + sessionize + score.
 
-Redaction comes first and alone sees raw text; the scoring stage mines
+Redaction comes first and alone sees raw text (bodies, attributes, resource, and
+the shipper's tag, which can hold a user name); the scoring stage mines
 templates from the sanitized body, so the template table and the model only
 ever hold sanitized text. The scoring stage also:
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -37,6 +39,7 @@ from sidecar.templates.vocabulary import VocabularyMap
 log = logging.getLogger(__name__)
 
 ALERT_TAG = "logminer.alert"
+MAX_CACHED_TAGS = 10_000
 
 
 @dataclass(frozen=True)
@@ -126,9 +129,27 @@ class RedactionStage:
         self._telemetry = telemetry
         hook = store.put if store is not None else None  # an empty store is falsy
         self.redactor = Redactor(settings, secret, on_token=hook)
+        self._tag_redactor = Redactor(settings, secret, on_token=hook)
+        self._tag_lock = threading.Lock()
+        self._tags: dict[str, str] = {}
+
+    def clean_tag(self, tag: str) -> str:
+        """The tag with any personal data in it replaced (tags are few: results are cached).
+
+        Thread-safe: telemetry asks from the event loop, the stage from the worker thread.
+        """
+        clean = self._tags.get(tag)
+        if clean is None:
+            with self._tag_lock:
+                clean = self._tag_redactor.redact_text(tag)[0]
+                if len(self._tags) < MAX_CACHED_TAGS:
+                    self._tags[tag] = clean
+        return clean
 
     def process(self, batch: Batch) -> None:
         self.redactor.redact_batch(batch.records)
+        for record in batch:
+            record.tag = self.clean_tag(record.tag)
         if self._telemetry is not None:
             totals: Counter[str] = Counter()
             for record in batch:

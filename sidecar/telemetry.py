@@ -12,6 +12,7 @@ record content.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sidecar.record import Batch
 
 OTHER_TAG = "other"
+REDACTED_TAG = "redacted"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                    30.0, 60.0, 300.0)
 
@@ -53,6 +55,9 @@ class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None, *, max_tags: int = 100):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.health = Health()
+        # Tags arrive before redaction: the app sets this to the redactor's verdict, so a tag
+        # holding personal data (e.g. a user's e-mail) never becomes a label value.
+        self.tag_is_clean: Callable[[str], bool] = lambda tag: True
         self._max_tags = max_tags
         self._tags: set[str] = set()
         self._tags_lock = threading.Lock()
@@ -105,14 +110,18 @@ class Telemetry:
             ["exporter", "kind"], registry=r)
 
     def tag_label(self, tag: str) -> str:
-        """Return ``tag`` as a label value, or ``other`` once the cap is reached."""
+        """``tag`` as a label value; ``redacted`` if it holds personal data, ``other`` past
+        the cap."""
         with self._tags_lock:
             if tag in self._tags:
                 return tag
-            if len(self._tags) < self._max_tags:
-                self._tags.add(tag)
-                return tag
-        return OTHER_TAG
+            if len(self._tags) >= self._max_tags:
+                return OTHER_TAG
+        if not self.tag_is_clean(tag):
+            return REDACTED_TAG
+        with self._tags_lock:
+            self._tags.add(tag)
+        return tag
 
     def count_received(self, receiver: str, batch: Batch) -> None:
         """Count a batch a receiver accepted, per tag."""

@@ -62,3 +62,30 @@ def test_no_planted_value_reaches_output_logs_metrics_spool_or_templates(sidecar
     leaks = {(value, where) for value in values for where, text in places.items()
              if value in text}
     assert not leaks
+
+
+def test_a_tag_holding_personal_data_is_redacted_in_labels_and_downstream(tmp_path):
+    import asyncio
+
+    from support import in_process_app
+
+    from sidecar.record import Batch, Record
+
+    async def main():
+        app = in_process_app(tmp_path)
+        await app.start()
+        try:
+            batch = Batch([Record(body="hello", tag="user.jane.doe@example.com.x")])
+            app.telemetry.count_received("forward", batch)
+            await app.pipeline.submit(batch)
+            await app.memory.wait_for(1, timeout=10)
+        finally:
+            await app.stop()
+        from prometheus_client import generate_latest
+        metrics = generate_latest(app.telemetry.registry).decode()
+        assert "jane.doe@example.com" not in metrics
+        assert 'tag="redacted"' in metrics
+        tag = app.memory.records[0].tag
+        assert "jane.doe@example.com" not in tag and tag.startswith("<EMAIL:")
+
+    asyncio.run(main())

@@ -10,7 +10,9 @@ computed exactly as the runner judges a live record; then feed k; finally the en
 ranked and scored the same way. A session keeps only its worst rank and its highest score,
 which is all the metrics need: it is flagged at ``g`` iff its worst rank >= g (so one pass
 gives the verdicts for every g), and its score ranks it for ROC AUC. Sessions are sorted by
-length so each batch runs about as many steps as its longest member needs.
+length so each batch runs about as many steps as its longest member needs. `first_divergences`
+walks the same steps and keeps, per session, the first key flagged at g and the keys the
+model expected there instead.
 
 The float reference is the trained weights (``reference.npz``) stepped in numpy, so what
 quantisation costs is measurable without TensorFlow. `evaluate` (``logminer evaluate``) takes
@@ -18,13 +20,14 @@ labelled raw logs through the sidecar's redactor and its scoring stage (miner, v
 sessions, model), or labelled key sequences through template texts, leaves out what the bundle
 was trained or validated on, and reports the shipped model, its float reference and an n-gram
 baseline trained on the bundle's own training sessions, at the bundle's g and over g.
+`run_live` and `session_runs` are that raw-log path on its own, for other tools over logs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from sidecar.record import Batch, Flag
+from sidecar.record import Batch, Flag, Record
 from sidecar.redact import RedactionSettings, Redactor
 from sidecar.scoring.baseline import NGramModel
 from sidecar.scoring.bundle import Bundle, load_bundle
@@ -40,7 +43,9 @@ from sidecar.scoring.datasets import (
     UNKNOWN_KEY,
     DataError,
     DataSpec,
+    Session,
     SessionSource,
+    TemplateTable,
     Vocabulary,
     direct_keys,
     file_sha256,
@@ -112,40 +117,104 @@ def score_sessions(model: StepModel, sequences: Sequence[np.ndarray], *, start_k
     """Score whole sessions (key arrays, no start/end keys) with the bundle semantics."""
     rank = np.zeros(len(sequences), dtype=np.int64)
     score = np.zeros(len(sequences), dtype=np.float64)
-    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    for begin in range(0, len(order), batch_size):
-        index = order[begin:begin + batch_size]
+    for index in _batches(sequences, batch_size):
         batch_rank, batch_score = _score_batch(model, [sequences[i] for i in index],
                                                start_key, end_key)
         rank[index], score[index] = batch_rank, batch_score
     return SessionScores(rank, score)
 
 
-def _score_batch(model: StepModel, sequences: list[np.ndarray], start_key: int,
-                 end_key: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Divergences:
+    """Per session: where the model first rejected it and what it expected there.
+
+    ``position[i]`` is the index of session i's first key outside the top g (or unknown),
+    ``len(session)`` when that is its end key, -1 when the model accepts the whole session.
+    ``expected[i]`` holds the keys the model ranked highest at that position, best first
+    (template keys and the end key; ties: the lower key first); -1 pads a row.
+    """
+
+    position: np.ndarray
+    expected: np.ndarray
+
+
+def first_divergences(model: StepModel, sequences: Sequence[np.ndarray], *, start_key: int,
+                      end_key: int, g: int, top: int = 3, batch_size: int = 512
+                      ) -> Divergences:
+    """The first key of each session flagged with top-``g`` prediction, and the ``top``
+    keys expected instead (a session is flagged here iff `score_sessions` flags it at g)."""
+    position = np.full(len(sequences), -1, dtype=np.int64)
+    expected = np.full((len(sequences), top), -1, dtype=np.int64)
+    for index in _batches(sequences, batch_size):
+        found = np.zeros(len(index), dtype=bool)
+        for step in _steps(model, [sequences[i] for i in index], start_key, end_key):
+            new = step.live & ~found & (step.rank >= g)
+            if not new.any():
+                continue
+            candidates = step.logp[new]
+            candidates[:, [UNKNOWN_KEY, start_key]] = -np.inf
+            best = np.argsort(-candidates, axis=1, kind="stable")[:, :top]
+            ranked = np.take_along_axis(candidates, best, axis=1)
+            position[index[new]] = step.t
+            expected[index[new], :best.shape[1]] = np.where(np.isfinite(ranked), best, -1)
+            found |= new
+    return Divergences(position, expected)
+
+
+def _batches(sequences: Sequence[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Indices of the sessions in batches, longest sessions first, so each batch runs about
+    as many steps as its longest member needs."""
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    for begin in range(0, len(order), batch_size):
+        yield order[begin:begin + batch_size]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One position ``t`` of a batch of sessions: each session's key there (its end key at
+    and past its end), the log-probabilities it is judged against, their value at the key,
+    its rank and whether ``t`` is still inside the session (``t <= len``)."""
+
+    t: int
+    target: np.ndarray
+    logp: np.ndarray
+    chosen: np.ndarray
+    rank: np.ndarray
+    live: np.ndarray
+
+
+def _steps(model: StepModel, sequences: list[np.ndarray], start_key: int,
+           end_key: int) -> Iterator[_Step]:
+    """Feed a batch of sessions from the start key and judge every key, then the end key."""
     size = len(sequences)
     lengths = np.array([len(s) for s in sequences])
     targets = np.full((size, lengths.max() + 1), end_key, dtype=np.int32)
     for row, sequence in enumerate(sequences):
         targets[row, :len(sequence)] = sequence
     rows = np.arange(size)
-    worst_rank = np.zeros(size, dtype=np.int64)
-    worst_score = np.zeros(size, dtype=np.float64)
     logits, state = model.step(np.full(size, start_key, dtype=np.int32),
                                model.initial_state(size))
     for t in range(targets.shape[1]):
         target = targets[:, t]
         logp = log_softmax(logits.astype(np.float32))
         chosen = logp[rows, target]
-        step_rank = np.where(target == UNKNOWN_KEY, UNKNOWN_RANK,
-                             (logp > chosen[:, None]).sum(axis=1))
-        step_score = -chosen.astype(np.float64)
-        live = t <= lengths
-        worst_rank = np.where(live, np.maximum(worst_rank, step_rank), worst_rank)
-        worst_score = np.where(live, np.maximum(worst_score, step_score), worst_score)
+        rank = np.where(target == UNKNOWN_KEY, UNKNOWN_RANK,
+                        (logp > chosen[:, None]).sum(axis=1))
+        yield _Step(t, target, logp, chosen, rank, t <= lengths)
         if t < lengths.max():
             logits, state = model.step(target, state)
+
+
+def _score_batch(model: StepModel, sequences: list[np.ndarray], start_key: int,
+                 end_key: int) -> tuple[np.ndarray, np.ndarray]:
+    size = len(sequences)
+    worst_rank = np.zeros(size, dtype=np.int64)
+    worst_score = np.zeros(size, dtype=np.float64)
+    for step in _steps(model, sequences, start_key, end_key):
+        step_score = -step.chosen.astype(np.float64)
+        worst_rank = np.where(step.live, np.maximum(worst_rank, step.rank), worst_rank)
+        worst_score = np.where(step.live, np.maximum(worst_score, step_score), worst_score)
     return worst_rank, worst_score
 
 
@@ -544,6 +613,15 @@ def _exclude(labelled: _Labelled, seen: frozenset[str]) -> tuple[_Labelled, int]
     return kept, len(labelled.ids) - len(keep)
 
 
+def session_keys(sessions: Sequence[Session], vocab: Vocabulary, table: TemplateTable | None,
+                 key_map: Mapping[str, str]) -> list[np.ndarray]:
+    """The bundle keys of sessions read from a session file: through the template texts of
+    ``table`` when one is given, else read as the bundle's own keys (unknown -> 0)."""
+    if table is None:
+        return direct_keys(sessions, vocab)
+    return [vocab.encode(t) for t in session_texts(sessions, table, key_map, strict=False)]
+
+
 def _key_sessions(config: EvaluationConfig, vocab: Vocabulary) -> _Labelled:
     """Labelled key sequences, mapped to the bundle's keys (through template texts when a
     template table is given, else read as the bundle's own keys)."""
@@ -555,11 +633,7 @@ def _key_sessions(config: EvaluationConfig, vocab: Vocabulary) -> _Labelled:
         for source in sources:
             sessions = read_sessions(source)
             digest = file_sha256(source.path)
-            if table is None:
-                sequences = direct_keys(sessions, vocab)
-            else:
-                texts = session_texts(sessions, table, config.key_map, strict=False)
-                sequences = [vocab.encode(t) for t in texts]
+            sequences = session_keys(sessions, vocab, table, config.key_map)
             for session, sequence in zip(sessions, sequences, strict=True):
                 labelled.ids.append(session_ref(digest, session.id))
                 labelled.labels.append(anomalous)
@@ -567,56 +641,87 @@ def _key_sessions(config: EvaluationConfig, vocab: Vocabulary) -> _Labelled:
     return labelled
 
 
-def _log_sessions(config: EvaluationConfig, bundle: Bundle, g: int
-                  ) -> tuple[_Labelled, dict[str, int], tuple[str, ...]]:
-    """Run labelled logs through the sidecar's redactor and its scoring stage (miner,
-    vocabulary map, sessions, model), every session ending at the end of input.
+@dataclass(frozen=True)
+class LiveRun:
+    """Records after the sidecar's redactor and scoring stage, and the sessions it flagged.
 
-    Returns the labelled sessions (key runs split where an end marker closed a session,
-    and the live verdict: a record or the end flagged), counts of unlabelled and missing
-    sessions, and the ids of the missing ones. The sanitized records are held in memory
-    (the stage's session table is sized to hold every session, so none is evicted).
+    ``records`` are sanitized, with template, session, score and flags set; ``keys[i]`` is
+    the bundle key of ``records[i]``'s template (0 = unknown); ``flagged`` holds the sessions
+    with a flagged record or a flagged end.
     """
-    labels = read_labels(config.labels)
-    redactor = Redactor(config.redaction, config.hash_secret or os.urandom(32))
+
+    records: list[Record]
+    keys: list[int]
+    flagged: frozenset[str]
+
+
+def run_live(logs: Sequence[Path], model: Path, bundle: Bundle, *, g: int,
+             session_key: str | None, redactor: Redactor, miner: TemplateMiner) -> LiveRun:
+    """Run raw logs through ``redactor`` and the scoring stage (``miner``, vocabulary map,
+    sessions, the bundle in ``model``), every session ending at the end of input.
+
+    The sanitized records are held in memory (the stage's session table is sized to hold
+    every session, so none is evicted). ``session_key`` defaults to the card's.
+    """
     records = []
-    for path in config.logs:
+    for path in logs:
         for record in read_log_records(path):
             redactor.redact_record(record)
             records.append(record)
-    keyer = SessionKeyer(config.session_key or bundle.card.scoring.session_key)
+    keyer = SessionKeyer(session_key or bundle.card.scoring.session_key)
     capacity = len({keyer(record) for record in records}) + 1
-    settings = ScoringSettings(model_dir=str(config.model), g=g,
-                               session_key=config.session_key, max_sessions=capacity)
+    settings = ScoringSettings(model_dir=str(model), g=g, session_key=session_key,
+                               max_sessions=capacity)
     alerts: list[SessionAlert] = []
-    scorer = Scorer(settings, TemplateMiner(config.miner), VocabularyMap, CollectorRegistry(),
+    scorer = Scorer(settings, miner, VocabularyMap, CollectorRegistry(),
                     on_alert=alerts.append, clock=lambda: 0.0)
     for first in range(0, len(records), 4096):
         scorer.process(Batch(records[first:first + 4096]))
     scorer.close_all()
-
     key_of = VocabularyMap(bundle.vocab.templates).key_for
-    end_marker = bundle.card.scoring.end_marker
+    keys = [key_of(record.template or "") or UNKNOWN_KEY for record in records]
+    flagged = {alert.session for alert in alerts}
+    flagged.update(record.session or "" for record in records if Flag.ANOMALY in record.flags)
+    return LiveRun(records, keys, frozenset(flagged))
+
+
+def session_runs(records: Sequence[Record], end_marker: str | None) -> dict[str, list[list[int]]]:
+    """Indices of each session's records in order, split into runs where a record matching
+    ``end_marker`` (RE2, on the sanitized body) closed the session."""
     marker = TextPattern(end_marker) if end_marker else None
     runs: dict[str, list[list[int]]] = {}
-    flagged = {alert.session for alert in alerts}
     open_runs: set[str] = set()
-    for record in records:
+    for index, record in enumerate(records):
         session = record.session or ""
         if session not in open_runs:
             runs.setdefault(session, []).append([])
             open_runs.add(session)
-        runs[session][-1].append(key_of(record.template or "") or UNKNOWN_KEY)
-        if Flag.ANOMALY in record.flags:
-            flagged.add(session)
+        runs[session][-1].append(index)
         if marker is not None and marker.find(record.body) is not None:
             open_runs.discard(session)
+    return runs
+
+
+def _log_sessions(config: EvaluationConfig, bundle: Bundle, g: int
+                  ) -> tuple[_Labelled, dict[str, int], tuple[str, ...]]:
+    """Run labelled logs through the sidecar's redactor and its scoring stage (`run_live`).
+
+    Returns the labelled sessions (key runs split where an end marker closed a session,
+    and the live verdict: a record or the end flagged), counts of unlabelled and missing
+    sessions, and the ids of the missing ones.
+    """
+    labels = read_labels(config.labels)
+    redactor = Redactor(config.redaction, config.hash_secret or os.urandom(32))
+    live = run_live(config.logs, config.model, bundle, g=g, session_key=config.session_key,
+                    redactor=redactor, miner=TemplateMiner(config.miner))
+    runs = session_runs(live.records, bundle.card.scoring.end_marker)
     labelled = _Labelled()
     for session_id, anomalous in labels.items():
         labelled.ids.append(session_id)
         labelled.labels.append(anomalous)
-        labelled.runs.append([np.array(run, np.int32) for run in runs.get(session_id, [])])
-        labelled.live.append(session_id in flagged)
+        labelled.runs.append([np.array([live.keys[i] for i in run], np.int32)
+                              for run in runs.get(session_id, [])])
+        labelled.live.append(session_id in live.flagged)
     missing = tuple(i for i in labels if i not in runs)
     counts = {"unlabelled_in_logs": sum(1 for s in runs if s not in labels),
               "missing_normal": sum(1 for i in missing if not labels[i]),

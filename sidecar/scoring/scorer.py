@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar.record import Batch, Flag, Record
 from sidecar.scoring.bundle import Bundle
+from sidecar.scoring.drift import DriftMonitor, DriftSettings
 from sidecar.scoring.reload import BundleWatcher, ReloadMetrics
 from sidecar.scoring.runner import UNKNOWN_KEY, SessionModel, Verdicts
 from sidecar.scoring.sessions import SessionKeyer, TextPattern
@@ -63,6 +64,10 @@ class ScoringSettings:
     reload_poll_seconds: float = field(
         default=5.0, metadata={"doc": "How often to check the bundle directories for changes.",
                                "min": 0.0})
+
+    drift: DriftSettings = field(
+        default=DriftSettings(),
+        metadata={"doc": "How drift from the live bundle's training data is measured."})
 
     def __post_init__(self) -> None:
         try:
@@ -191,6 +196,7 @@ class Scorer:
             settings.reload_poll_seconds, clock)
         self._live = self._live_watcher.load()
         self._configure()
+        self._drift = DriftMonitor(self._live.bundle.card, registry, settings.drift)
         self._shadow: _Scoring | None = None
         self._shadow_watcher: BundleWatcher[_Scoring] | None = None
         if settings.shadow_dir is not None:
@@ -252,6 +258,7 @@ class Scorer:
             self._metrics.evicted.labels(reason="reload").inc(len(self._live.model.table))
             self._live = fresh
             self._configure()
+            self._drift.reset(fresh.bundle.card)
             if self._shadow is not None:
                 self._shadow.model.reset()  # keep mirroring the live sessions
         if self._shadow_watcher is not None:
@@ -292,7 +299,9 @@ class Scorer:
             if anomalous:
                 record.flags.add(Flag.ANOMALY)
         metrics.records.inc(len(records))
-        metrics.anomalies.labels(kind="record").inc(int(verdicts.anomalous.sum()))
+        flagged = int(verdicts.anomalous.sum())
+        metrics.anomalies.labels(kind="record").inc(flagged)
+        self._drift.observe(key_array, flagged)
         metrics.unseen.inc(unseen)
         metrics.unknown.inc(int((key_array == UNKNOWN_KEY).sum()))
         metrics.evicted.labels(reason="lru").inc(assigned.evicted)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from sidecar.durable import write_json_atomic
 from sidecar.templates.miner import (
     MaskPattern,
     MinerSettings,
@@ -39,23 +39,7 @@ class TemplateStoreError(Exception):
 
 def save_miner(miner: TemplateMiner, path: str | os.PathLike[str]) -> None:
     """Atomically replace ``path`` with the miner's template table (see module doc)."""
-    target = Path(path)
-    payload = json.dumps(_to_document(miner.state()), ensure_ascii=False, separators=(",", ":"))
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            tmp.write(payload)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_json_atomic(Path(path), _to_document(miner.state()))
 
 
 def load_miner(

@@ -1,10 +1,46 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Breakdown(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BREAKDOWN_UNSPECIFIED: _ClassVar[Breakdown]
+    BREAKDOWN_HOUR: _ClassVar[Breakdown]
+    BREAKDOWN_TEMPLATE: _ClassVar[Breakdown]
+    BREAKDOWN_DETECTOR: _ClassVar[Breakdown]
+
+class Measure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MEASURE_UNSPECIFIED: _ClassVar[Measure]
+    MEASURE_RECORDS: _ClassVar[Measure]
+    MEASURE_ANOMALIES: _ClassVar[Measure]
+    MEASURE_REDACTIONS: _ClassVar[Measure]
+    MEASURE_TEMPLATE_RECORDS: _ClassVar[Measure]
+
+class Mechanism(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MECHANISM_UNSPECIFIED: _ClassVar[Mechanism]
+    MECHANISM_DISCRETE_LAPLACE: _ClassVar[Mechanism]
+    MECHANISM_DISCRETE_GAUSSIAN: _ClassVar[Mechanism]
+    MECHANISM_EXACT: _ClassVar[Mechanism]
+BREAKDOWN_UNSPECIFIED: Breakdown
+BREAKDOWN_HOUR: Breakdown
+BREAKDOWN_TEMPLATE: Breakdown
+BREAKDOWN_DETECTOR: Breakdown
+MEASURE_UNSPECIFIED: Measure
+MEASURE_RECORDS: Measure
+MEASURE_ANOMALIES: Measure
+MEASURE_REDACTIONS: Measure
+MEASURE_TEMPLATE_RECORDS: Measure
+MECHANISM_UNSPECIFIED: Mechanism
+MECHANISM_DISCRETE_LAPLACE: Mechanism
+MECHANISM_DISCRETE_GAUSSIAN: Mechanism
+MECHANISM_EXACT: Mechanism
 
 class Batch(_message.Message):
     __slots__ = ("records", "sequence")
@@ -79,3 +115,67 @@ class Ack(_message.Message):
     rejected: int
     error: str
     def __init__(self, sequence: _Optional[int] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class AggregatesRequest(_message.Message):
+    __slots__ = ("consumer", "since_unix_seconds", "until_unix_seconds", "group_by", "exact")
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    consumer: str
+    since_unix_seconds: int
+    until_unix_seconds: int
+    group_by: _containers.RepeatedScalarFieldContainer[Breakdown]
+    exact: bool
+    def __init__(self, consumer: _Optional[str] = ..., since_unix_seconds: _Optional[int] = ..., until_unix_seconds: _Optional[int] = ..., group_by: _Optional[_Iterable[_Union[Breakdown, str]]] = ..., exact: _Optional[bool] = ...) -> None: ...
+
+class AggregateCount(_message.Message):
+    __slots__ = ("measure", "hour_unix_seconds", "key", "template", "value")
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    HOUR_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    measure: Measure
+    hour_unix_seconds: int
+    key: str
+    template: str
+    value: int
+    def __init__(self, measure: _Optional[_Union[Measure, str]] = ..., hour_unix_seconds: _Optional[int] = ..., key: _Optional[str] = ..., template: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+
+class MeasureNoise(_message.Message):
+    __slots__ = ("measure", "sensitivity", "scale", "threshold")
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    measure: Measure
+    sensitivity: int
+    scale: float
+    threshold: int
+    def __init__(self, measure: _Optional[_Union[Measure, str]] = ..., sensitivity: _Optional[int] = ..., scale: _Optional[float] = ..., threshold: _Optional[int] = ...) -> None: ...
+
+class AggregatesReport(_message.Message):
+    __slots__ = ("consumer", "mechanism", "since_unix_seconds", "until_unix_seconds", "counts", "noise", "epsilon_spent", "delta_spent", "epsilon_remaining", "delta_remaining")
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_SPENT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    DELTA_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    consumer: str
+    mechanism: Mechanism
+    since_unix_seconds: int
+    until_unix_seconds: int
+    counts: _containers.RepeatedCompositeFieldContainer[AggregateCount]
+    noise: _containers.RepeatedCompositeFieldContainer[MeasureNoise]
+    epsilon_spent: float
+    delta_spent: float
+    epsilon_remaining: float
+    delta_remaining: float
+    def __init__(self, consumer: _Optional[str] = ..., mechanism: _Optional[_Union[Mechanism, str]] = ..., since_unix_seconds: _Optional[int] = ..., until_unix_seconds: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[AggregateCount, _Mapping]]] = ..., noise: _Optional[_Iterable[_Union[MeasureNoise, _Mapping]]] = ..., epsilon_spent: _Optional[float] = ..., delta_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., delta_remaining: _Optional[float] = ...) -> None: ...

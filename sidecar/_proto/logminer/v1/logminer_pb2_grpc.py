@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class LogMinerServiceStub:
-    """Ingest service of the LogMiner Sidecar.
+    """Ingest and report service of the LogMiner Sidecar.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,15 @@ class LogMinerServiceStub:
                 request_serializer=logminer_dot_v1_dot_logminer__pb2.Batch.SerializeToString,
                 response_deserializer=logminer_dot_v1_dot_logminer__pb2.Ack.FromString,
                 _registered_method=True)
+        self.Aggregates = channel.unary_unary(
+                '/logminer.v1.LogMinerService/Aggregates',
+                request_serializer=logminer_dot_v1_dot_logminer__pb2.AggregatesRequest.SerializeToString,
+                response_deserializer=logminer_dot_v1_dot_logminer__pb2.AggregatesReport.FromString,
+                _registered_method=True)
 
 
 class LogMinerServiceServicer:
-    """Ingest service of the LogMiner Sidecar.
+    """Ingest and report service of the LogMiner Sidecar.
     """
 
     def Push(self, request, context):
@@ -73,6 +78,32 @@ class LogMinerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Aggregates(self, request, context):
+        """Differentially private counts of what this sidecar processed: records,
+        anomalies, redactions per detector TYPE and records per template, in
+        total or per UTC hour. Every report costs its consumer the configured
+        epsilon and delta (privacy.epsilon_per_report, privacy.delta_per_report)
+        out of a per-consumer budget that survives restarts.
+
+        The consumer is the subject CN of the client certificate when the call
+        has one (mTLS), else AggregatesRequest.consumer. Without mTLS any client
+        can claim any consumer id, so a production deployment (a bank, say)
+        should serve this service with tls.client_ca_file set.
+
+        Status codes (no message ever contains a count):
+        PERMISSION_DENIED    the report would exceed the consumer's budget; the
+        message states what remains. Nothing was charged.
+        FAILED_PRECONDITION  exact was asked for, but this sidecar does not
+        allow exact reports (privacy.allow_exact_reports).
+        INVALID_ARGUMENT     a bad consumer id, time range or breakdown.
+        UNAVAILABLE          the privacy ledger could not be read or written;
+        nothing was released.
+        UNIMPLEMENTED        aggregate reports are disabled on this sidecar.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogMinerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -86,6 +117,11 @@ def add_LogMinerServiceServicer_to_server(servicer, server):
                     request_deserializer=logminer_dot_v1_dot_logminer__pb2.Batch.FromString,
                     response_serializer=logminer_dot_v1_dot_logminer__pb2.Ack.SerializeToString,
             ),
+            'Aggregates': grpc.unary_unary_rpc_method_handler(
+                    servicer.Aggregates,
+                    request_deserializer=logminer_dot_v1_dot_logminer__pb2.AggregatesRequest.FromString,
+                    response_serializer=logminer_dot_v1_dot_logminer__pb2.AggregatesReport.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'logminer.v1.LogMinerService', rpc_method_handlers)
@@ -95,7 +131,7 @@ def add_LogMinerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class LogMinerService:
-    """Ingest service of the LogMiner Sidecar.
+    """Ingest and report service of the LogMiner Sidecar.
     """
 
     @staticmethod
@@ -142,6 +178,33 @@ class LogMinerService:
             '/logminer.v1.LogMinerService/Stream',
             logminer_dot_v1_dot_logminer__pb2.Batch.SerializeToString,
             logminer_dot_v1_dot_logminer__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Aggregates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/logminer.v1.LogMinerService/Aggregates',
+            logminer_dot_v1_dot_logminer__pb2.AggregatesRequest.SerializeToString,
+            logminer_dot_v1_dot_logminer__pb2.AggregatesReport.FromString,
             options,
             channel_credentials,
             insecure,
