@@ -26,6 +26,9 @@ class Flag(StrEnum):
     DECODE_REPLACED = "decode_replaced"
 
 
+_FLAGS = {flag.value: flag for flag in Flag}
+
+
 @dataclass(slots=True)
 class Record:
     """One log record.
@@ -70,13 +73,14 @@ class Record:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
         """Inverse of ``to_dict`` (used to read records back from the spool)."""
+        redactions, flags = data["redactions"], data["flags"]
         return cls(
             body=data["body"], time_ns=data["time_ns"], tag=data["tag"],
             attributes=data["attributes"], resource=data["resource"],
-            severity=data["severity"], redactions=Counter(data["redactions"]),
+            severity=data["severity"], redactions=Counter(redactions) if redactions else Counter(),
             template_id=data["template_id"], template=data["template"],
             session=data["session"], score=data["score"],
-            flags={Flag(f) for f in data["flags"]})
+            flags={_FLAGS[f] for f in flags} if flags else set())
 
 
 @dataclass(slots=True)

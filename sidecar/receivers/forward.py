@@ -60,8 +60,14 @@ class ForwardSettings:
     tls: TlsSettings = field(default_factory=TlsSettings, metadata={"doc": "TLS for senders."})
 
 
+_FLAT = (str, int, float, bool, type(None))
+
+
 def _plain(value: Any) -> Any:
     """Make msgpack values JSON-safe: bytes become text (invalid UTF-8 replaced)."""
+    if isinstance(value, dict) and all(
+            type(k) is str and isinstance(v, _FLAT) for k, v in value.items()):
+        return dict(value)  # the common flat record: nothing to convert
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, dict):

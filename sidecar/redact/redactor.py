@@ -41,6 +41,12 @@ _CACHED_KEY_CHARS = 256
 _SCANNED_NUMBER = 1_000_000
 
 
+def _unscanned_scalar(value: Any) -> bool:
+    """A value ``_scalar`` leaves alone under an unkeyed key: None, bool, float, small int."""
+    return (value is None or isinstance(value, (bool, float))
+            or (isinstance(value, int) and abs(value) < _SCANNED_NUMBER))
+
+
 def _compact(value: Any) -> str:
     """Canonical JSON of a structure that is hashed or tokenised as one value."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
@@ -105,6 +111,7 @@ class Redactor:
         self._rules = AttributeRules(settings.attribute_rules, settings.default_action)
         self._max_bytes = settings.max_field_bytes
         self._clean_keys: set[str] = set()
+        self._plain_keys: dict[str, bool] = {}
 
     @property
     def key_id(self) -> str:
@@ -157,11 +164,26 @@ class Redactor:
         out: dict[Any, Any] = {}
         for key, value in mapping.items():
             name = key if isinstance(key, str) else str(key)
+            if _unscanned_scalar(value) and self._plain_key(name):
+                out[name] = value  # fast path: what _attribute would return unchanged
+                continue
             if self._dropped(name, counts):
                 continue
             new_key = self._field(counts, self._key, name)
             out[new_key] = self._field(counts, self._redact_entry, name, value)
         return out
+
+    def _plain_key(self, name: str) -> bool:
+        """A clean key under the default ``scan`` rule that names no secret (cached)."""
+        plain = self._plain_keys.get(name)
+        if plain is None:
+            plain = (self._rules.rule_for(name).action == "scan"
+                     and self._keyed.classify(name) < 0
+                     and self._scan(name, Counter()) == name)
+            if len(self._plain_keys) >= _CLEAN_KEYS_LIMIT:
+                self._plain_keys.clear()
+            self._plain_keys[name] = plain
+        return plain
 
     def _dropped(self, path: str, counts: Counter[str]) -> bool:
         if self._rules.rule_for(path).action != "drop":

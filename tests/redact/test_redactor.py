@@ -342,3 +342,25 @@ def test_default_action_keep_and_glob_case():
 def test_key_id_is_exposed(redactor):
     out, _ = redactor.redact_text("a@example.com")
     assert TOKEN_PATTERN.fullmatch(out).group(2) == redactor.key_id
+
+
+def test_scalar_attribute_fast_path_keeps_every_rule():
+    """Small numbers under plain keys pass untouched; keyed, big or ruled ones do not."""
+    from sidecar.redact.settings import AttributeRule
+
+    settings = RedactionSettings(attribute_rules=(AttributeRule(key="pin", action="hash"),
+                                                  AttributeRule(key="debug", action="drop")))
+    redactor = Redactor(settings, b"s" * 32)
+    record = Record(body="x", attributes={
+        "count": 5, "ratio": 0.5, "ok": True, "none": None, "password": 123456,
+        "pin": 4321, "debug": 1, "n": 4111111111111111, "alice@example.com": 3})
+    for _ in range(2):  # second time through the key cache
+        r = Record(body=record.body, attributes=dict(record.attributes))
+        redactor.redact_record(r)
+        a = r.attributes
+        assert (a["count"], a["ratio"], a["ok"], a["none"]) == (5, 0.5, True, None)
+        assert str(a["password"]).startswith("<SECRET:")
+        assert str(a["pin"]).startswith("<HASH:")
+        assert "debug" not in a
+        assert str(a["n"]).startswith("<CARD:")
+        assert not any("alice" in k for k in a)
