@@ -26,21 +26,17 @@ from sidecar import defaults
 from sidecar.codecs import forward as codec
 from sidecar.codecs.errors import RemoteProtocolError
 from sidecar.pipeline import Submit
+from sidecar.receivers.listener import ListenerSettings, port_field
 from sidecar.receivers.tcp import READ_SIZE, TcpReceiver
 from sidecar.record import Batch, Record
 from sidecar.telemetry import Telemetry
-from sidecar.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ForwardSettings:
-    enabled: bool = field(default=True, metadata={"doc": "Listen for the forward protocol."})
-    host: str = field(default=defaults.LISTEN_HOST, metadata={"doc": "Listen address."})
-    port: int = field(default=defaults.FORWARD_PORT,
-                      metadata={"doc": "Listen port (0 = any free port).", "min": 0,
-                                "max": 65535})
+class ForwardSettings(ListenerSettings):
+    port: int = port_field(defaults.FORWARD_PORT)
     body_keys: tuple[str, ...] = field(
         default=("message", "log", "msg"),
         metadata={"doc": "Record keys holding the message text; the first present wins."})
@@ -57,7 +53,6 @@ class ForwardSettings:
         default=False,
         metadata={"doc": "Require the shared_key handshake (key from "
                          "LOGMINER_FORWARD_SHARED_KEY[_FILE])."})
-    tls: TlsSettings = field(default_factory=TlsSettings, metadata={"doc": "TLS for senders."})
 
 
 _FLAT = (str, int, float, bool, type(None))

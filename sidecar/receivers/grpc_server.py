@@ -36,8 +36,8 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sidecar import defaults
 from sidecar.pipeline import BatchRejected, PipelineClosed, PipelineFull, Submit
+from sidecar.receivers.listener import ListenerSettings
 from sidecar.record import Batch, Flag, Record
 from sidecar.telemetry import Telemetry
 from sidecar.tls import TlsSettings, server_context
@@ -53,19 +53,10 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _OTEL_PYTHON_RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
 
 
-def port_field(default: int) -> Any:
-    """The ``port`` settings field, with the given default."""
-    return field(default=default, metadata={"doc": "Listen port (0 = any free port).",
-                                            "min": 0, "max": 65535})
-
-
 @dataclass(frozen=True)
-class GrpcReceiverSettings:
+class GrpcReceiverSettings(ListenerSettings):
     """Settings every gRPC receiver has; subclasses set their own ``port`` default."""
 
-    enabled: bool = field(default=True, metadata={"doc": "Run this receiver."})
-    host: str = field(default=defaults.LISTEN_HOST, metadata={"doc": "Listen address."})
-    port: int = port_field(0)
     max_message_bytes: int = field(
         default=4 * 1024 * 1024,
         metadata={"doc": "Largest request message; gRPC refuses bigger ones "
@@ -74,7 +65,6 @@ class GrpcReceiverSettings:
         default=1024 * 1024,
         metadata={"doc": "Largest encoded record; bigger ones are rejected (counted, reported "
                          "to the sender).", "min": 64})
-    tls: TlsSettings = field(default_factory=TlsSettings, metadata={"doc": "TLS for senders."})
 
 
 # --------------------------------------------------------------------------- TLS
@@ -199,6 +189,25 @@ class GrpcServer:
         await self._health_servicer.enter_graceful_shutdown()
         await self._server.stop(grace)
         self._server = self._health_servicer = None
+
+
+class GrpcListener:
+    """The receiver shape (``port``, ``start``, ``stop``) of a receiver served by ``_server``."""
+
+    _server: GrpcServer
+
+    @property
+    def port(self) -> int | None:
+        """The bound port once started."""
+        return self._server.port
+
+    async def start(self) -> None:
+        """Bind and serve; OSError names host:port if the port cannot be bound."""
+        await self._server.start()
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking calls; calls and streams in flight get ``grace`` seconds to finish."""
+        await self._server.stop(grace)
 
 
 # --------------------------------------------------------------------------- decoding

@@ -47,13 +47,14 @@ from sidecar.privacy import (
 from sidecar.receivers.grpc_server import (
     GrpcHealth,
     GrpcIntake,
+    GrpcListener,
     GrpcReceiverSettings,
     GrpcServer,
     MappedBatch,
     RequestDecoder,
     Utf8Text,
-    port_field,
 )
+from sidecar.receivers.listener import port_field
 from sidecar.receivers.otlp import key_values_to_dict
 from sidecar.record import Record
 from sidecar.telemetry import Telemetry
@@ -143,7 +144,7 @@ def certificate_cn(context: grpc.aio.ServicerContext) -> str | None:
     return names[0].decode("utf-8", "replace") if names else None
 
 
-class GrpcReceiver:
+class GrpcReceiver(GrpcListener):
     """Serves ``logminer.v1.LogMinerService`` (default port 50051)."""
 
     name = "grpc"
@@ -167,19 +168,6 @@ class GrpcReceiver:
                 self._aggregates, response_serializer=pb.AggregatesReport.SerializeToString)
         self._server = GrpcServer(settings, {SERVICE: methods},
                                   health if health is not None else GrpcHealth())
-
-    @property
-    def port(self) -> int | None:
-        """The bound port once started."""
-        return self._server.port
-
-    async def start(self) -> None:
-        """Bind and serve; OSError names host:port if the port cannot be bound."""
-        await self._server.start()
-
-    async def stop(self, grace: float) -> None:
-        """Stop taking calls; calls and streams in flight get ``grace`` seconds."""
-        await self._server.stop(grace)
 
     async def _push(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
         return await self._accept(raw, context)

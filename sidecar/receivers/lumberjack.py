@@ -23,21 +23,17 @@ from sidecar import defaults
 from sidecar.codecs import lumberjack as codec
 from sidecar.codecs.errors import RemoteProtocolError
 from sidecar.pipeline import Submit
+from sidecar.receivers.listener import ListenerSettings, port_field
 from sidecar.receivers.tcp import READ_SIZE, TcpReceiver
 from sidecar.record import Batch, Record
 from sidecar.telemetry import Telemetry
-from sidecar.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LumberjackSettings:
-    enabled: bool = field(default=True, metadata={"doc": "Listen for Filebeat (Lumberjack v2)."})
-    host: str = field(default=defaults.LISTEN_HOST, metadata={"doc": "Listen address."})
-    port: int = field(default=defaults.LUMBERJACK_PORT,
-                      metadata={"doc": "Listen port (0 = any free port).", "min": 0,
-                                "max": 65535})
+class LumberjackSettings(ListenerSettings):
+    port: int = port_field(defaults.LUMBERJACK_PORT)
     tag: str = field(default="filebeat", metadata={"doc": "Tag given to Filebeat records."})
     max_frame_bytes: int = field(
         default=16 * 1024 * 1024, metadata={"doc": "Largest accepted frame.", "min": 1024})
@@ -48,7 +44,6 @@ class LumberjackSettings:
         default=5.0,
         metadata={"doc": "Keepalive ack interval while a window waits for the pipeline.",
                   "min": 0.1})
-    tls: TlsSettings = field(default_factory=TlsSettings, metadata={"doc": "TLS for senders."})
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -40,13 +40,14 @@ from sidecar.pipeline import Submit
 from sidecar.receivers.grpc_server import (
     GrpcHealth,
     GrpcIntake,
+    GrpcListener,
     GrpcReceiverSettings,
     GrpcServer,
     MappedBatch,
     RequestDecoder,
     Utf8Text,
-    port_field,
 )
+from sidecar.receivers.listener import port_field
 from sidecar.record import Record
 from sidecar.telemetry import Telemetry
 
@@ -160,7 +161,7 @@ def request_to_records(request: ExportLogsServiceRequest, max_record_bytes: int,
 # --------------------------------------------------------------------------- receiver
 
 
-class OtlpReceiver:
+class OtlpReceiver(GrpcListener):
     """Serves ``LogsService/Export`` on its own port (default 4317)."""
 
     name = "otlp"
@@ -174,19 +175,6 @@ class OtlpReceiver:
             self._export, response_serializer=ExportLogsServiceResponse.SerializeToString)
         self._server = GrpcServer(settings, {SERVICE: {"Export": export}},
                                   health if health is not None else GrpcHealth())
-
-    @property
-    def port(self) -> int | None:
-        """The bound port once started."""
-        return self._server.port
-
-    async def start(self) -> None:
-        """Bind and serve; OSError names host:port if the port cannot be bound."""
-        await self._server.start()
-
-    async def stop(self, grace: float) -> None:
-        """Stop taking calls; calls in flight get ``grace`` seconds to finish."""
-        await self._server.stop(grace)
 
     async def _export(self, raw: bytes,
                       context: grpc.aio.ServicerContext) -> ExportLogsServiceResponse:
