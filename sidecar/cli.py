@@ -179,6 +179,17 @@ def cmd_top(args: argparse.Namespace) -> int:
     return top.run(args.url, args.interval, once=args.once, out=sys.stdout)
 
 
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from sidecar.scenarios import commands
+
+    cfg = _load_config(args.config)
+    _setup_logging(cfg.logging)
+    secret = config.load_secrets(os.environ).hash_secret
+    report = commands.run_scenarios(args, cfg.redaction, cfg.templates.miner, secret)
+    print(report.table())
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config.load(args.file)
     print(f"{args.file}: ok")
@@ -295,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", **config_option)
     scoring_commands.add_evaluate_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    from sidecar.scenarios import commands as scenario_commands
+
+    scenarios = commands.add_parser(
+        "scenarios", help="QA scenarios (Gherkin) from production flows",
+        description="Mine the common flows of sanitized sessions and the anomalous flows the "
+                    "bundle flags, and write them as Gherkin features (one per input file name) "
+                    "with a pytest-bdd skeleton. Raw logs need "
+                    f"{defaults.HASH_SECRET_ENV}.")
+    scenarios.add_argument("--config", **config_option)
+    scenario_commands.add_options(scenarios)
+    scenarios.set_defaults(func=cmd_scenarios)
 
     report = commands.add_parser(
         "report", help="print a differentially private aggregate report",

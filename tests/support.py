@@ -36,3 +36,31 @@ def in_process_app(data_dir, config_text: str = ALL_PORTS_FREE, **secrets):
 
 def port_of(app, name: str) -> int:
     return next(r.port for r in app.receivers if r.name == name)
+
+
+class Collector:
+    """A pipeline stand-in for receiver tests: keeps every submitted batch; ``fail`` raises
+    for chosen calls (e.g. PipelineFull on the third)."""
+
+    def __init__(self, fail=lambda n: None):
+        self.batches = []
+        self.calls = 0
+        self._fail = fail
+
+    async def __call__(self, batch, *, durable=True):
+        self.calls += 1
+        error = self._fail(self.calls)
+        if error is not None:
+            raise error
+        self.batches.append(batch)
+
+    @property
+    def records(self):
+        return [record for batch in self.batches for record in batch]
+
+
+def run_bounded(scenario, seconds=20):
+    """Run an async test scenario with a hard time bound."""
+    import asyncio
+
+    asyncio.run(asyncio.wait_for(scenario(), seconds))

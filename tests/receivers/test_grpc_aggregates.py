@@ -4,14 +4,14 @@ a count. The noise comes from the OS source here, as in production; bounds are w
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
+from support import run_bounded
 
 from sidecar._proto.logminer.v1 import logminer_pb2 as pb
 from sidecar._proto.logminer.v1 import logminer_pb2_grpc as pb_grpc
@@ -65,10 +65,6 @@ async def aggregates_stub(reporter: Reporter | None, settings: GrpcSettings = SE
         await receiver.stop(0)
 
 
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 30))
-
-
 async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
@@ -107,7 +103,7 @@ def test_grpc_aggregates_returns_noisy_counts_and_the_budget_left(tmp_path: Path
         assert again.epsilon_remaining == pytest.approx(8.0)
         assert {c.measure for c in again.counts} == {pb.MEASURE_RECORDS, pb.MEASURE_ANOMALIES}
 
-    run(scenario)
+    run_bounded(scenario, 30)
 
 
 def test_grpc_aggregates_past_the_budget_is_permission_denied(tmp_path: Path) -> None:
@@ -123,7 +119,7 @@ def test_grpc_aggregates_past_the_budget_is_permission_denied(tmp_path: Path) ->
             other = await stub.Aggregates(pb.AggregatesRequest(consumer="siem-2"))
             assert other.epsilon_remaining == pytest.approx(6.0)
 
-    run(scenario)
+    run_bounded(scenario, 30)
 
 
 def test_grpc_aggregates_exact_needs_the_config_switch(tmp_path: Path) -> None:
@@ -144,7 +140,7 @@ def test_grpc_aggregates_exact_needs_the_config_switch(tmp_path: Path) -> None:
             (pb.MEASURE_TEMPLATE_RECORDS, "2"): RECORDS - LOGINS}
         assert report.epsilon_spent == 0 and report.epsilon_remaining == 10.0
 
-    run(scenario)
+    run_bounded(scenario, 30)
 
 
 @pytest.mark.parametrize("request_", [
@@ -164,7 +160,7 @@ def test_grpc_aggregates_bad_query_is_invalid_argument_and_free(
         ledger = PrivacyAccountant.from_settings(tmp_path, PrivacySettings())
         assert ledger.account("siem").reports == 0
 
-    run(scenario)
+    run_bounded(scenario, 30)
 
 
 def test_grpc_aggregates_malformed_bytes_are_invalid_argument(tmp_path: Path) -> None:
@@ -180,7 +176,7 @@ def test_grpc_aggregates_malformed_bytes_are_invalid_argument(tmp_path: Path) ->
             await receiver.stop(0)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    run(scenario)
+    run_bounded(scenario, 30)
 
 
 def test_grpc_aggregates_unimplemented_without_a_reporter() -> None:
@@ -189,7 +185,7 @@ def test_grpc_aggregates_unimplemented_without_a_reporter() -> None:
             error = await refused(stub.Aggregates(pb.AggregatesRequest(consumer="siem")))
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED
 
-    run(scenario)
+    run_bounded(scenario, 30)
 
 
 def test_grpc_aggregates_unusable_ledger_is_unavailable_and_releases_nothing(
@@ -202,7 +198,7 @@ def test_grpc_aggregates_unusable_ledger_is_unavailable_and_releases_nothing(
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert str(tmp_path) not in (error.details() or "")
 
-    run(scenario)
+    run_bounded(scenario, 30)
 
 
 def test_grpc_aggregates_charges_the_client_certificate_cn(tmp_path: Path,
@@ -223,4 +219,4 @@ def test_grpc_aggregates_charges_the_client_certificate_cn(tmp_path: Path,
         assert ledger.account("client").reports == 1
         assert ledger.account("someone-else").reports == 0
 
-    run(scenario)
+    run_bounded(scenario, 30)

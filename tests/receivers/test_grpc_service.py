@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +17,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support import Collector, run_bounded
 
 from sidecar._proto.logminer.v1 import logminer_pb2 as pb
 from sidecar._proto.logminer.v1 import logminer_pb2_grpc as pb_grpc
@@ -31,26 +32,6 @@ from sidecar.tls import TlsSettings
 SETTINGS = GrpcSettings(port=0)
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 50),
                   ("grpc.max_reconnect_backoff_ms", 200)]
-
-
-class Collector:
-    """A pipeline stand-in: keeps every submitted batch; ``fail`` raises for chosen calls."""
-
-    def __init__(self, fail: Callable[[int], BaseException | None] = lambda n: None):
-        self.batches: list[Batch] = []
-        self.calls = 0
-        self._fail = fail
-
-    async def __call__(self, batch: Batch) -> None:
-        self.calls += 1
-        error = self._fail(self.calls)
-        if error is not None:
-            raise error
-        self.batches.append(batch)
-
-    @property
-    def records(self) -> list[Record]:
-        return [record for batch in self.batches for record in batch]
 
 
 def errors(telemetry: Telemetry, kind: str) -> float | None:
@@ -77,10 +58,6 @@ async def serving(receiver: Any) -> AsyncIterator[Any]:
 async def stub_for(port: int, **channel_kw: Any) -> AsyncIterator[pb_grpc.LogMinerServiceStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", **channel_kw) as channel:
         yield pb_grpc.LogMinerServiceStub(channel)
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
 def kv(key: str, **value: Any) -> pb.KeyValue:
@@ -133,7 +110,7 @@ def test_push_maps_every_field_as_the_pipeline_should_see_it() -> None:
         assert telemetry.registry.get_sample_value(
             "logminer_receiver_records_total", {"receiver": "grpc", "tag": "grpc"}) == 1
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_push_rejects_oversized_records_individually() -> None:
@@ -148,7 +125,7 @@ def test_push_rejects_oversized_records_individually() -> None:
         assert [r.body for r in collector.records] == ["small", "also small"]
         assert errors(telemetry, "oversized") == 1
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_invalid_utf8_is_replaced_and_flagged_not_refused() -> None:
@@ -172,7 +149,7 @@ def test_invalid_utf8_is_replaced_and_flagged_not_refused() -> None:
         assert (clean.body, clean.flags) == ("clean", set())
         assert errors(telemetry, "invalid_utf8") == 1
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_malformed_message_gets_invalid_argument_and_other_streams_flow() -> None:
@@ -195,7 +172,7 @@ def test_malformed_message_gets_invalid_argument_and_other_streams_flow() -> Non
         assert errors(telemetry, "malformed") == 1
         assert [r.body for r in collector.records] == ["before", "after"]
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_full_pipeline_is_resource_exhausted_with_retry_info() -> None:
@@ -217,7 +194,7 @@ def test_full_pipeline_is_resource_exhausted_with_retry_info() -> None:
         assert telemetry.registry.get_sample_value(
             "logminer_receiver_records_total", {"receiver": "grpc", "tag": "app.test"}) is None
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_closing_pipeline_is_unavailable() -> None:
@@ -229,7 +206,7 @@ def test_closing_pipeline_is_unavailable() -> None:
                     await stub.Push(batch_of(1, "x"))
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 # --------------------------------------------------------------------------- Stream
@@ -248,7 +225,7 @@ def test_stream_acks_pipelined_batches_in_order() -> None:
         assert [r.time_ns for r in collector.records[:2]] == [
             1_700_000_000_000_000_000, 1_700_000_000_000_000_001]
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_stream_ends_resource_exhausted_after_acking_what_was_accepted() -> None:
@@ -266,7 +243,7 @@ def test_stream_ends_resource_exhausted_after_acking_what_was_accepted() -> None
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert errors(telemetry, "backpressure") == 1
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 class ResumingClient:
@@ -324,7 +301,7 @@ def test_stream_resumes_after_server_restart_and_every_record_arrives() -> None:
         assert {"b4r0", "b4r1"} <= {r.body for r in second.records}  # the unacked one, again
         assert not {f"b{seq}r0" for seq in acked_first} & {r.body for r in second.records}
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 # --------------------------------------------------------------------------- server plumbing
@@ -354,7 +331,7 @@ def test_health_reports_serving_and_follows_the_app() -> None:
                 await health.set_serving(True)
                 assert await statuses() == [serving_now] * 4
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_reflection_lists_the_services() -> None:
@@ -368,7 +345,7 @@ def test_reflection_lists_the_services() -> None:
         assert {SERVICE, "grpc.health.v1.Health",
                 "grpc.reflection.v1alpha.ServerReflection"} <= names
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_port_in_use_is_an_os_error_naming_the_address() -> None:
@@ -381,7 +358,7 @@ def test_port_in_use_is_an_os_error_naming_the_address() -> None:
             finally:
                 await second.stop(0)  # safe after a failed start
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_stop_is_safe_before_start_and_twice() -> None:
@@ -392,7 +369,7 @@ def test_stop_is_safe_before_start_and_twice() -> None:
         await receiver.stop(0)
         await receiver.stop(0)
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def _tls(certs: Path, mutual: bool) -> TlsSettings:
@@ -422,7 +399,7 @@ def test_tls_serves_verified_clients(certs: Path) -> None:
                     await plaintext.Push(batch_of(2, "x"), timeout=5)
         assert ack.accepted == 1 and [r.body for r in collector.records] == ["secret"]
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_mtls_requires_a_client_certificate(certs: Path) -> None:
@@ -436,7 +413,7 @@ def test_mtls_requires_a_client_certificate(certs: Path) -> None:
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert ack.accepted == 1 and len(collector.records) == 1
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_bad_tls_settings_are_reported_before_binding(tmp_path: Path) -> None:
@@ -454,4 +431,4 @@ def test_bad_tls_settings_are_reported_before_binding(tmp_path: Path) -> None:
             with pytest.raises(error, match=pattern):
                 await receiver.start()
 
-    run(scenario)
+    run_bounded(scenario)

@@ -21,6 +21,7 @@ from opentelemetry.proto.common.v1 import common_pb2 as common
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
+from support import Collector, run_bounded
 
 from sidecar.pipeline import PipelineClosed, PipelineFull
 from sidecar.receivers.grpc_server import Utf8Text
@@ -33,31 +34,11 @@ from sidecar.receivers.otlp import (
     request_to_records,
     severity_name,
 )
-from sidecar.record import Batch, Flag, Record
+from sidecar.record import Flag
 from sidecar.telemetry import Telemetry
 
 SETTINGS = OtlpSettings(port=0)
 T0 = 1_700_000_000_000_000_000
-
-
-class Collector:
-    """A pipeline stand-in: keeps every submitted batch; ``fail`` raises for chosen calls."""
-
-    def __init__(self, fail: Callable[[int], BaseException | None] = lambda n: None):
-        self.batches: list[Batch] = []
-        self.calls = 0
-        self._fail = fail
-
-    async def __call__(self, batch: Batch) -> None:
-        self.calls += 1
-        error = self._fail(self.calls)
-        if error is not None:
-            raise error
-        self.batches.append(batch)
-
-    @property
-    def records(self) -> list[Record]:
-        return [record for batch in self.batches for record in batch]
 
 
 def errors(telemetry: Telemetry, kind: str) -> float | None:
@@ -74,10 +55,6 @@ async def serving(collector: Collector, telemetry: Telemetry,
         yield receiver
     finally:
         await receiver.stop(0)
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
 def sdk_provider(port: int, resource: dict[str, Any], processor: Any) -> LoggerProvider:
@@ -216,7 +193,7 @@ def test_sdk_exporter_records_arrive_as_the_pipeline_should_see_them() -> None:
         assert telemetry.registry.get_sample_value(
             "logminer_receiver_records_total", {"receiver": "otlp", "tag": "payments"}) == 3
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_sdk_exporter_retries_after_resource_exhausted() -> None:
@@ -236,7 +213,7 @@ def test_sdk_exporter_retries_after_resource_exhausted() -> None:
         assert [(r.body, r.time_ns) for r in collector.records] == [("kept", T0)]
         assert errors(telemetry, "backpressure") == 1
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 # --------------------------------------------------------------------------- errors
@@ -264,7 +241,7 @@ def test_partial_success_reports_oversized_records() -> None:
         assert [r.body for r in collector.records] == ["small"]
         assert errors(telemetry, "oversized") == 1
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_all_records_rejected_submits_nothing() -> None:
@@ -278,7 +255,7 @@ def test_all_records_rejected_submits_nothing() -> None:
         assert response.partial_success.rejected_log_records == 1
         assert collector.calls == 0
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_invalid_utf8_is_kept_as_replacement_characters() -> None:
@@ -300,7 +277,7 @@ def test_invalid_utf8_is_kept_as_replacement_characters() -> None:
         assert "invalid UTF-8" in response.partial_success.error_message
         assert errors(telemetry, "invalid_utf8") == 1
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_malformed_request_is_invalid_argument_and_the_next_one_flows() -> None:
@@ -315,7 +292,7 @@ def test_malformed_request_is_invalid_argument_and_the_next_one_flows() -> None:
         assert errors(telemetry, "malformed") == 1
         assert [r.body for r in collector.records] == ["next"]
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_oversized_message_is_refused_by_grpc() -> None:
@@ -329,7 +306,7 @@ def test_oversized_message_is_refused_by_grpc() -> None:
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert collector.calls == 0
 
-    run(scenario)
+    run_bounded(scenario)
 
 
 def test_closing_pipeline_is_unavailable() -> None:
@@ -340,4 +317,4 @@ def test_closing_pipeline_is_unavailable() -> None:
                 await call(request_with(log_record("late")).SerializeToString())
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    run(scenario)
+    run_bounded(scenario)
