@@ -43,6 +43,13 @@ def _load_config(path: str | None) -> config.Config:
     return config.Config() if path is None else config.load(path)
 
 
+def _prepare(args: argparse.Namespace) -> tuple[config.Config, config.Secrets]:
+    """The subcommand's config (``--config`` or defaults) and secrets; logging set up."""
+    cfg = _load_config(args.config)
+    _setup_logging(cfg.logging)
+    return cfg, config.load_secrets(os.environ)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from sidecar.app import App
 
@@ -72,9 +79,8 @@ def _store_path(cfg: config.Config, given: str | None) -> Path:
 def cmd_redact(args: argparse.Namespace) -> int:
     from sidecar.redact import commands
 
-    cfg = _load_config(args.config)
-    _setup_logging(cfg.logging)
-    secret = _require(config.load_secrets(os.environ).hash_secret, defaults.HASH_SECRET_ENV)
+    cfg, secrets = _prepare(args)
+    secret = _require(secrets.hash_secret, defaults.HASH_SECRET_ENV)
     counts = commands.redact_stream(cfg.redaction, secret, sys.stdin.buffer, sys.stdout,
                                     jsonl=args.jsonl, flush_each=sys.stdin.isatty())
     if args.stats:
@@ -92,10 +98,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_reveal(args: argparse.Namespace) -> int:
     from sidecar.redact import commands
 
-    cfg = _load_config(args.config)
-    _setup_logging(cfg.logging)
-    key = _require(config.load_secrets(os.environ).token_store_key,
-                   defaults.TOKEN_STORE_KEY_ENV)
+    cfg, secrets = _prepare(args)
+    key = _require(secrets.token_store_key, defaults.TOKEN_STORE_KEY_ENV)
     missing = commands.reveal(_store_path(cfg, args.store), key, args.tokens, sys.stdout)
     return 1 if missing else 0
 
@@ -103,9 +107,8 @@ def cmd_reveal(args: argparse.Namespace) -> int:
 def cmd_tokens_rotate(args: argparse.Namespace) -> int:
     from sidecar.redact import commands
 
-    cfg = _load_config(args.config)
-    key = _require(config.load_secrets(os.environ).token_store_key,
-                   defaults.TOKEN_STORE_KEY_ENV)
+    cfg, secrets = _prepare(args)
+    key = _require(secrets.token_store_key, defaults.TOKEN_STORE_KEY_ENV)
     commands.rotate_store(_store_path(cfg, args.store), key, Path(args.new_key_file), sys.stdout)
     return 0
 
@@ -120,10 +123,9 @@ def cmd_tokens_generate_key(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from sidecar.scoring import commands
 
-    cfg = _load_config(args.config)
-    _setup_logging(cfg.logging)
-    secret = config.load_secrets(os.environ).hash_secret
-    result = commands.run_train(args, sys.argv[1:], cfg.redaction, cfg.templates.miner, secret)
+    cfg, secrets = _prepare(args)
+    result = commands.run_train(args, sys.argv[1:], cfg.redaction, cfg.templates.miner,
+                                secrets.hash_secret)
     print(result.table())
     return 0 if result.installed is not None else 1
 
@@ -131,10 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sidecar.scoring import commands
 
-    cfg = _load_config(args.config)
-    _setup_logging(cfg.logging)
-    secret = config.load_secrets(os.environ).hash_secret
-    report = commands.run_evaluate(args, cfg.redaction, cfg.templates.miner, secret)
+    cfg, secrets = _prepare(args)
+    report = commands.run_evaluate(args, cfg.redaction, cfg.templates.miner, secrets.hash_secret)
     print(report.table())
     return 0
 
@@ -155,8 +155,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         render_table,
     )
 
-    cfg = _load_config(args.config)
-    _setup_logging(cfg.logging)
+    cfg, _ = _prepare(args)
     data_dir = Path(args.data_dir or cfg.data_dir)
     counts = AggregateCounts.read(data_dir / AGGREGATES_FILE, cfg.privacy.aggregates)
     reporter = Reporter(cfg.privacy, counts,
@@ -182,10 +181,8 @@ def cmd_top(args: argparse.Namespace) -> int:
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from sidecar.scenarios import commands
 
-    cfg = _load_config(args.config)
-    _setup_logging(cfg.logging)
-    secret = config.load_secrets(os.environ).hash_secret
-    report = commands.run_scenarios(args, cfg.redaction, cfg.templates.miner, secret)
+    cfg, secrets = _prepare(args)
+    report = commands.run_scenarios(args, cfg.redaction, cfg.templates.miner, secrets.hash_secret)
     print(report.table())
     return 0
 
