@@ -126,8 +126,9 @@ class App:
             data_dir = Path(config.data_dir)
             self.aggregates = AggregateCounts(config.privacy.aggregates,
                                               data_dir / AGGREGATES_FILE)
-            self.reporter = Reporter(config.privacy, self.aggregates,
-                                     PrivacyAccountant.from_settings(data_dir, config.privacy))
+            accountant = PrivacyAccountant.from_settings(data_dir, config.privacy)
+            self.reporter = Reporter(config.privacy, self.aggregates, accountant)
+            self.telemetry.watch_privacy(accountant.epsilon_spent)
             default.append(Stage(self.aggregates.name, self.aggregates.process))
         self.pipeline = Pipeline(config.pipeline, stages if stages is not None else default,
                                  exporters, self.telemetry, spool)

@@ -149,6 +149,7 @@ class Pipeline:
         self._deliveries: list[asyncio.Task[None]] = []
         self._deadline: float | None = None
         self._export_ok = {e.name: True for e in self._exporters}
+        self._expired_counted = 0
 
     @property
     def queued_records(self) -> int:
@@ -167,6 +168,7 @@ class Pipeline:
         """Start exporters, the worker and the delivery loops."""
         self._changed = asyncio.Condition()
         self._spooled = {e.name: asyncio.Event() for e in self._exporters}
+        self._telemetry.spool_torn_bytes.inc(self._spool.torn_bytes)
         for exporter in self._exporters:
             await exporter.start()
         self._worker = asyncio.create_task(self._run(), name="pipeline-worker")
@@ -358,6 +360,7 @@ class Pipeline:
                 lambda: (self._spool.read(exporter.name, READ_ENTRIES),
                          self._spool.backlog(exporter.name)))
             self._telemetry.spool_backlog_seconds.labels(exporter=exporter.name).set(age)
+            self._count_expired()
             if not entries:
                 if self._closing and (self._worker is None or self._worker.done()):
                     return
@@ -371,6 +374,13 @@ class Pipeline:
                 self._telemetry.delivery_latency.labels(exporter=exporter.name).observe(
                     max(0.0, (time.time_ns() - entry.appended_ns) / 1e9))
             self._telemetry.spool_bytes.set(self._spool.bytes_used)
+
+    def _count_expired(self) -> None:
+        """Entries the spool skipped for age are drops: count them (entries, not records)."""
+        expired = self._spool.expired
+        if expired > self._expired_counted:
+            self._telemetry.dropped.labels(reason="expired").inc(expired - self._expired_counted)
+            self._expired_counted = expired
 
     async def _export(self, exporter: Exporter, batch: Batch) -> bool:
         """Export one batch, retrying transient failures; False if shutdown's grace ended."""

@@ -291,6 +291,11 @@ class PrivacyAccountant:
         with self._exclusive():
             return self._read().get(consumer, ConsumerAccount())
 
+    def epsilon_spent(self) -> dict[str, float]:
+        """Epsilon spent so far per consumer (for the ``logminer_privacy_*`` metric)."""
+        with self._exclusive():
+            return {name: float(a.epsilon_spent) for name, a in self._read().items()}
+
     def remaining(self, consumer: str) -> Budget:
         """What ``consumer`` may still spend."""
         return self._left(self.account(consumer))

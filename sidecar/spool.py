@@ -82,6 +82,9 @@ class SpoolError(OSError):
 
 
 class Spool(Protocol):
+    expired: int
+    torn_bytes: int
+
     def append(self, payload: bytes, timeout: float | None = None) -> bool: ...
 
     def read(self, consumer: str, max_entries: int) -> list[Entry]: ...
@@ -104,7 +107,8 @@ class _Bounded:
         self._max_age_ns = int(max_age_seconds * 1e9)
         self._room = threading.Condition()
         self._used = 0
-        self.expired = 0
+        self.expired = 0  # entries skipped for age
+        self.torn_bytes = 0  # bytes cut off torn tails at recovery (FileSpool)
 
     def commit(self, consumer: str, position: Position) -> None:
         raise NotImplementedError
@@ -192,7 +196,6 @@ class FileSpool(_Bounded):
         self._settings = settings
         self._lock = threading.Lock()
         self._last_sync = time.monotonic()
-        self.torn_bytes = 0
         try:
             self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._segments = self._recover()

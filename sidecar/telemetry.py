@@ -12,10 +12,12 @@ record content.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from sidecar.record import Batch
 
@@ -87,6 +89,9 @@ class Telemetry:
             ["kind"], registry=r)
         self.spool_bytes = Gauge(
             "logminer_spool_bytes", "Bytes held in the spool.", registry=r)
+        self.spool_torn_bytes = Counter(
+            "logminer_spool_torn_bytes", "Bytes of torn tails cut off at spool recovery.",
+            registry=r)
         self.spool_backlog_seconds = Gauge(
             "logminer_spool_backlog_age_seconds",
             "Age of the oldest spooled entry an exporter has not delivered.",
@@ -130,6 +135,29 @@ class Telemetry:
             per_tag[record.tag] = per_tag.get(record.tag, 0) + 1
         for tag, n in per_tag.items():
             self.received.labels(receiver=receiver, tag=self.tag_label(tag)).inc(n)
+
+    def watch_privacy(self, epsilon_spent: Callable[[], Mapping[str, float]]) -> None:
+        """Export ``logminer_privacy_epsilon_spent{consumer}``, read from the ledger per scrape.
+
+        Consumer ids are client-chosen: one that holds personal data becomes ``redacted``.
+        """
+        telemetry = self
+
+        class PrivacyCollector(Collector):
+            def collect(self) -> Iterable[GaugeMetricFamily]:
+                family = GaugeMetricFamily(
+                    "logminer_privacy_epsilon_spent",
+                    "Differential-privacy epsilon spent per report consumer (ledger).",
+                    labels=["consumer"])
+                spent: dict[str, float] = {}
+                for consumer, epsilon in epsilon_spent().items():
+                    label = consumer if telemetry.tag_is_clean(consumer) else REDACTED_TAG
+                    spent[label] = spent.get(label, 0.0) + epsilon
+                for label, epsilon in sorted(spent.items()):
+                    family.add_metric([label], epsilon)
+                yield family
+
+        self.registry.register(PrivacyCollector())
 
     def count_pipeline_error(self, kind: str) -> None:
         self.pipeline_errors.labels(kind=kind).inc()

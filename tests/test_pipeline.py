@@ -192,3 +192,29 @@ def test_oversized_batch_is_admitted_into_an_empty_queue():
         await out.wait_for(50, timeout=5)
         await pipeline.stop()
     asyncio.run(main())
+
+
+def test_torn_spool_tail_and_expired_entries_are_counted(tmp_path):
+    from sidecar.spool import FileSpool, SpoolSettings
+
+    async def main():
+        settings = SpoolSettings(max_age_seconds=0.05)
+        first = FileSpool(tmp_path, settings, ["memory"])
+        first.append(encode(batch_of(2)))
+        first.close()
+        segment = next(tmp_path.glob("segment-*"))
+        with open(segment, "ab") as f:
+            f.write(b"\x00\x00\x00\x09torn")
+        await asyncio.sleep(0.1)  # the spooled batch is now past max_age
+        telemetry = Telemetry()
+        out = InMemoryExporter()
+        pipeline = Pipeline(PipelineSettings(), [], [out], telemetry,
+                            FileSpool(tmp_path, settings, ["memory"]))
+        await pipeline.start()
+        await pipeline.submit(batch_of(1))
+        await out.wait_for(1, timeout=5)
+        await pipeline.stop()
+        assert sample(telemetry, "logminer_spool_torn_bytes_total") == 8
+        assert sample(telemetry, "logminer_pipeline_dropped_records_total", reason="expired") == 1
+        assert [r.body for r in out.records] == ["r0"]
+    asyncio.run(main())

@@ -371,3 +371,27 @@ def test_report_renders_as_json_and_as_a_table(tmp_path: Path) -> None:
     table = render_table(report)
     assert "user <*> logged in" in table and "rows below" in table
     assert len(table.splitlines()) == 3 + len(report.noise) + len(report.rows)
+
+
+def test_epsilon_spent_per_consumer_is_a_metric_with_clean_labels(tmp_path):
+    import asyncio
+
+    from support import in_process_app
+
+    from sidecar.privacy import ReportQuery
+
+    async def main():
+        app = in_process_app(tmp_path)
+        await app.start()
+        try:
+            app.reporter.report(ReportQuery(consumer="audit-team"))
+            app.reporter.report(ReportQuery(consumer="jane.doe@example.com"))
+        finally:
+            await app.stop()
+        registry = app.telemetry.registry
+        assert registry.get_sample_value("logminer_privacy_epsilon_spent",
+                                         {"consumer": "audit-team"}) == 1.0
+        assert registry.get_sample_value("logminer_privacy_epsilon_spent",
+                                         {"consumer": "redacted"}) == 1.0
+
+    asyncio.run(main())
