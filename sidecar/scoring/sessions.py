@@ -64,7 +64,8 @@ class SessionKeyer:
     """Maps a record to its session key, per a spec ``regex:<p>``, ``attr:<name>`` or ``stream``.
 
     Records without a match or without the attribute fall back to their stream key
-    ``<tag>@<host>`` (host from resource ``host.name``, else attribute ``host``).
+    ``<tag>@<host>`` (host from resource ``host.name``, else attribute ``host``), or
+    ``<tag>`` when the record names no host.
     A malformed spec raises ValueError.
     """
 
@@ -91,7 +92,7 @@ class SessionKeyer:
             if value is not None and value != "":
                 return str(value)
         host = record.resource.get("host.name") or record.attributes.get("host") or ""
-        return f"{record.tag}@{host}"
+        return f"{record.tag}@{host}" if host else record.tag
 
 
 @dataclass(frozen=True)

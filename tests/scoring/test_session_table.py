@@ -45,7 +45,7 @@ def test_attribute_key_and_stream_fallback():
 def test_stream_key_takes_the_host_attribute_when_no_resource_host():
     keyer = SessionKeyer("stream")
     assert keyer(Record(body="blk_1", tag="hdfs", attributes={"host": "dn-3"})) == "hdfs@dn-3"
-    assert keyer(Record(body="blk_1", tag="hdfs")) == "hdfs@"
+    assert keyer(Record(body="blk_1", tag="hdfs")) == "hdfs"
 
 
 def test_regex_without_a_match_falls_back_to_the_stream():
