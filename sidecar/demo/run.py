@@ -20,6 +20,7 @@ import csv
 import gzip
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -134,6 +135,15 @@ async def wait_until(predicate: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
+async def until_signal() -> None:
+    """Wait for SIGINT or SIGTERM (then the demo stops cleanly and reports)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 def metric(app: App, name: str, **labels: str) -> float:
     return app.telemetry.registry.get_sample_value(name, labels) or 0.0
 
@@ -173,7 +183,7 @@ async def run(out: TextIO, *, bank_lines: int, seed: int, keep_running: bool) ->
             await asyncio.sleep(1.0)  # alert records of the last ended sessions
             if keep_running:
                 out.write("  --keep-running: the sidecar stays up; Ctrl-C to stop\n")
-                await asyncio.Event().wait()
+                await until_signal()
         finally:
             await app.stop()
             await downstream.receiver.stop(1.0)
@@ -199,11 +209,8 @@ def main(args: Any) -> int:
     from sidecar.demo import report
 
     out = sys.stdout
-    try:
-        outcome = asyncio.run(run(out, bank_lines=args.bank_lines, seed=args.seed,
-                                  keep_running=args.keep_running))
-    except KeyboardInterrupt:
-        return 130
+    outcome = asyncio.run(run(out, bank_lines=args.bank_lines, seed=args.seed,
+                              keep_running=args.keep_running))
     outcome.failures = check(outcome)
     summary = report.summarise(outcome)
     out.write(report.render_text(summary))

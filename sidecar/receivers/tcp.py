@@ -81,6 +81,8 @@ class TcpReceiver(ABC):
             await self.converse(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             self._telemetry.count_receiver_error(self.name, "connection_reset")
+        except asyncio.CancelledError:
+            pass  # stop() ended a connection still open after the grace period: expected
         finally:
             self._connections.discard(task)
             writer.close()
