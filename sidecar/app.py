@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +45,8 @@ from sidecar.status_server import StatusServer
 from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+
+RECEIVER_GRACE_SECONDS = 2.0
 
 
 def _hash_secret(secrets: Secrets) -> bytes:
@@ -180,7 +183,12 @@ class App:
         self._readiness_task = asyncio.create_task(self.readiness.run(), name="readiness")
 
     async def stop(self) -> int:
-        """Stop in reverse order; returns records lost to the grace period."""
+        """Stop in reverse order within one grace period; returns records lost to it.
+
+        Receivers stop together and get a short share of the grace (a connection in the
+        middle of a submit finishes and is acknowledged; idle keep-alive connections are
+        closed); the pipeline gets the rest to process, spool and deliver.
+        """
         if self._readiness_task is not None:
             self._readiness_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -188,10 +196,10 @@ class App:
             self._readiness_task = None
         self.telemetry.health.set("receivers", False)
         await self.grpc_health.set_serving(False)
-        grace = self.config.pipeline.shutdown_grace_seconds
-        for receiver in reversed(self.receivers):
-            await receiver.stop(grace)
-        lost = await self.pipeline.stop()
+        deadline = time.monotonic() + self.config.pipeline.shutdown_grace_seconds
+        receiver_grace = min(RECEIVER_GRACE_SECONDS, self.config.pipeline.shutdown_grace_seconds)
+        await asyncio.gather(*(r.stop(receiver_grace) for r in reversed(self.receivers)))
+        lost = await self.pipeline.stop(grace=max(0.0, deadline - time.monotonic()))
         self.scoring.save()
         if self.aggregates is not None:
             self.aggregates.close()

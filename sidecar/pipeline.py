@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgpack
 
@@ -46,6 +46,7 @@ class Submit(Protocol):
     def __call__(self, batch: Batch, *, durable: bool = True) -> Awaitable[None]: ...
 
 READ_ENTRIES = 16
+APPEND_POLL_SECONDS = 0.5
 
 
 class PipelineFull(Exception):
@@ -116,8 +117,28 @@ class _Pending:
 
 
 def encode(batch: Batch) -> bytes:
-    """A processed batch as spool payload."""
-    return msgpack.packb([r.to_dict() for r in batch], use_bin_type=True)
+    """A processed batch as spool payload.
+
+    Values msgpack cannot carry (integers beyond 64 bits, odd types) become text, so
+    one peculiar attribute never stops a batch.
+    """
+    records = [r.to_dict() for r in batch]
+    try:
+        return msgpack.packb(records, use_bin_type=True)
+    except (OverflowError, TypeError, ValueError):
+        return msgpack.packb(_packable(records), use_bin_type=True)
+
+
+def _packable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _packable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_packable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (str, bytes, float)):
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return value
+    return str(value)
 
 
 def decode(payload: bytes) -> Batch:
@@ -214,8 +235,11 @@ class Pipeline:
             await accepted
             self._telemetry.ingest_latency.observe(time.monotonic() - started)
 
-    async def stop(self) -> int:
+    async def stop(self, grace: float | None = None) -> int:
         """Stop accepting; process, spool and deliver what is held within the grace period.
+
+        ``grace`` overrides ``shutdown_grace_seconds`` (the app passes what is left of
+        its own shutdown budget).
 
         Returns the number of records lost: those not yet durable when the
         grace period ended (counted as dropped, reason ``shutdown``). What is
@@ -223,7 +247,8 @@ class Pipeline:
         """
         if self._changed is None:
             return 0
-        self._deadline = time.monotonic() + self._settings.shutdown_grace_seconds
+        self._deadline = time.monotonic() + (
+            self._settings.shutdown_grace_seconds if grace is None else grace)
         async with self._changed:
             self._closing = True
             self._changed.notify_all()
@@ -300,6 +325,11 @@ class Pipeline:
                 for pending in taken:
                     _settle(pending.accepted, PipelineClosed("shutdown grace period ended"))
                 raise
+            except Exception as exc:  # a bug must refuse these senders, not stop the worker
+                log.error("processing failed (%s); %d batches refused",
+                          type(exc).__name__, len(taken))
+                self._telemetry.count_pipeline_error("worker")
+                outcomes = [BatchRejected("processing failed")] * len(taken)
             for pending, error in zip(taken, outcomes, strict=True):
                 _settle(pending.accepted, error)
             self._wake_deliveries()
@@ -312,8 +342,8 @@ class Pipeline:
         """
         merged = Batch([r for p in taken for r in p.batch])
         if not taken:
-            if self._process(merged) and merged.records:
-                self._append(merged)
+            if self._process(merged) and merged.records and self._append(merged) is not None:
+                self._telemetry.dropped.labels(reason="spool_write").inc(len(merged))
             return []
         if self._process(merged):
             outcomes: list[Exception | None] = [self._append(merged)] * len(taken)
@@ -339,9 +369,17 @@ class Pipeline:
         return True
 
     def _append(self, batch: Batch) -> Exception | None:
-        """Make the batch durable; waits while the spool is full. None on success."""
+        """Make the batch durable; waits while the spool is full. None on success.
+
+        Gives up (the senders are refused) on a disk error, or when shutdown begins
+        while the spool is still full - a blocked thread would keep the process alive.
+        """
+        payload = encode(batch)
         try:
-            self._spool.append(encode(batch))
+            while not self._spool.append(payload, timeout=APPEND_POLL_SECONDS):
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    self._telemetry.dropped.labels(reason="shutdown").inc(len(batch))
+                    return PipelineClosed("spool still full when the shutdown grace ended")
         except SpoolError as exc:
             self._telemetry.count_pipeline_error("spool_write")
             log.error("%s", exc)
@@ -352,7 +390,29 @@ class Pipeline:
     # ------------------------------------------------------------------ delivery
 
     async def _deliver(self, exporter: Exporter) -> None:
-        """Deliver spooled batches to one exporter, in order, until stopped and drained."""
+        """Deliver spooled batches to one exporter, in order, until stopped and drained.
+
+        A spool error (e.g. a cursor that cannot be written) is logged, marks the
+        exporter as failing for readiness, and is retried after a backoff.
+        """
+        backoff = self._settings.retry.initial_backoff_ms / 1000
+        while True:
+            try:
+                if await self._deliver_available(exporter):
+                    return
+                backoff = self._settings.retry.initial_backoff_ms / 1000
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("delivery to %s failed (%s); retrying", exporter.name,
+                          type(exc).__name__)
+                self._telemetry.count_pipeline_error("delivery")
+                self._export_ok[exporter.name] = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._settings.retry.max_backoff_ms / 1000)
+
+    async def _deliver_available(self, exporter: Exporter) -> bool:
+        """Deliver what the spool holds for ``exporter``; True when it is time to stop."""
         spooled = self._spooled[exporter.name]
         while True:
             spooled.clear()  # before reading: an append after the read sets it again
@@ -363,13 +423,13 @@ class Pipeline:
             self._count_expired()
             if not entries:
                 if self._closing and (self._worker is None or self._worker.done()):
-                    return
+                    return True
                 await spooled.wait()
                 continue
             for entry in entries:
                 batch = decode(entry.payload)
                 if not await self._export(exporter, batch):
-                    return
+                    return True
                 await asyncio.to_thread(self._spool.commit, exporter.name, entry.end)
                 self._telemetry.delivery_latency.labels(exporter=exporter.name).observe(
                     max(0.0, (time.time_ns() - entry.appended_ns) / 1e9))

@@ -26,6 +26,7 @@ without the disk, for tests and embedding.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import threading
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from sidecar.durable import fsync_dir
+
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">IIQ")
 SEGMENT_GLOB = "segment-*.spool"
@@ -60,6 +63,11 @@ class SpoolSettings:
         default=7 * 24 * 3600.0,
         metadata={"doc": "Entries older than this are dropped (counted); 0 keeps them forever.",
                   "min": 0.0})
+
+    def __post_init__(self) -> None:
+        # The tail segment is never deleted, so the bound must leave room beyond it.
+        if self.max_bytes < 2 * self.segment_bytes:
+            raise ValueError("max_bytes must be at least twice segment_bytes")
 
 
 @dataclass(frozen=True, order=True)
@@ -245,14 +253,22 @@ class FileSpool(_Bounded):
         return self._dir / f"cursor-{consumer.replace('/', '_')}"
 
     def _load_cursor(self, consumer: str) -> Position:
+        """The consumer's committed position; the spool's start if there is none.
+
+        Cursors are not fsynced (one per delivered batch would cost too much), so after a
+        power loss one may be empty: delivery then restarts from the oldest segment -
+        duplicates, never losses (at-least-once).
+        """
+        first = Position(self._segments[0] if self._segments else 1, 0)
         try:
             segment, offset = self._cursor_path(consumer).read_text().split()
             return Position(int(segment), int(offset))
         except FileNotFoundError:
-            first = self._segments[0] if self._segments else 1
-            return Position(first, 0)
+            return first
         except ValueError:
-            raise SpoolError(f"cursor file {self._cursor_path(consumer)} is corrupt") from None
+            log.warning("cursor of %s is unreadable; redelivering from the spool's start",
+                        consumer)
+            return first
 
     # -- the queue
 

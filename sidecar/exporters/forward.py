@@ -32,12 +32,14 @@ from fluent import sender as fluent_sender
 
 from sidecar import defaults
 from sidecar.codecs import forward as codec
-from sidecar.codecs.errors import ProtocolError
+from sidecar.codecs.errors import LocalProtocolError, ProtocolError
 from sidecar.exporters.base import ExportResult
 from sidecar.record import Batch, Record
 from sidecar.tls import ClientTlsSettings, client_context
 
 log = logging.getLogger(__name__)
+
+MAX_EVENT_TIME_NS = (2**32 - 1) * 10**9  # EventTime carries unsigned 32-bit seconds
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class ForwardAckExporter:
         try:
             async with asyncio.timeout(self._settings.ack_timeout_seconds):
                 await self._send(batch)
+        except LocalProtocolError:
+            log.error("%s: a record cannot be encoded for the forward protocol", self.name)
+            return ExportResult.FAILURE  # resending cannot help: the pipeline counts the drop
         except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
             log.warning("%s: %s; will retry", self.name, type(exc).__name__)
             await self._close()
@@ -118,8 +123,9 @@ class ForwardAckExporter:
         reader, writer, conn = await self._connection()
         by_tag: dict[str, list[codec.Entry]] = defaultdict(list)
         for record in batch:
+            time_ns = min(max(record.time_ns, 0), MAX_EVENT_TIME_NS)  # EventTime's range
             by_tag[self._settings.tag_prefix + record.tag].append(
-                codec.Entry(record.time_ns, to_forward_record(record)))
+                codec.Entry(time_ns, to_forward_record(record)))
         waiting = set()
         for tag, entries in by_tag.items():
             chunk = codec.new_chunk_id()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from sidecar.exporters.base import ExportResult
 from sidecar.record import Batch
@@ -32,11 +33,27 @@ class FileExporterSettings:
 
 
 def encode(batch: Batch) -> bytes:
-    """The batch as UTF-8 JSON lines (compact, keys in a fixed order)."""
-    return "".join(
-        json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
-        for record in batch
-    ).encode("utf-8", "replace")
+    """The batch as UTF-8 JSON lines (compact, keys in a fixed order); strictly valid JSON:
+    NaN and infinities, which JSON cannot carry, become null."""
+    return "".join(_line(record.to_dict()) for record in batch).encode("utf-8", "replace")
+
+
+def _line(document: dict[str, Any]) -> str:
+    try:
+        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(document), ensure_ascii=False, separators=(",", ":"))
+    return text + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 class JsonLinesExporter:

@@ -51,14 +51,17 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def _time_ns(event: dict[str, Any]) -> int:
-    """``@timestamp`` (ISO 8601, as Filebeat writes it) in integer nanoseconds, else now."""
+    """``@timestamp`` (ISO 8601, as Filebeat writes it) in integer nanoseconds; now if it is
+    missing, unparsable or outside 1970..2262."""
     stamp = event.get("@timestamp")
     if isinstance(stamp, str):
         with contextlib.suppress(ValueError):
             parsed = datetime.fromisoformat(stamp)
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=UTC)
-            return (parsed - _EPOCH) // _MICROSECOND * 1000
+            time_ns = (parsed - _EPOCH) // _MICROSECOND * 1000
+            if 0 <= time_ns < 2**63:
+                return time_ns
     return time.time_ns()
 
 
