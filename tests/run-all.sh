@@ -15,7 +15,7 @@ fi
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -e '.[test,dev,train]'
 
-DEBIAN_PACKAGES=(rsyslog rsyslog-openssl prometheus)
+DEBIAN_PACKAGES=(openssl rsyslog rsyslog-openssl prometheus)
 if ((${#DEBIAN_PACKAGES[@]})) && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${DEBIAN_PACKAGES[@]}"; do
