@@ -19,7 +19,8 @@ DEBIAN_PACKAGES=(openssl rsyslog rsyslog-openssl prometheus)
 if ((${#DEBIAN_PACKAGES[@]})) && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${DEBIAN_PACKAGES[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+      || missing+=("$pkg")
   done
   if ((${#missing[@]})); then
     apt-get update -qq
