@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -179,7 +181,14 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000, help="approximate stream size")
     parser.add_argument("--concurrent", type=int, default=5_000, help="sessions open at once")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--rss-only", action="store_true",
+                        help="(internal) in a fresh process that imports what `logminer serve` "
+                             "imports, open 100k sessions and print RSS before/after in MB")
     args = parser.parse_args()
+    if args.rss_only:
+        import sidecar.app  # noqa: F401 - the sidecar's own import footprint
+        print(*memory_at(load_bundle(args.bundle), 100_000))
+        return
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
     load, _ = timed(lambda: SessionModel(load_bundle(args.bundle), 1, 1), repeat=20)
@@ -202,8 +211,12 @@ def main() -> None:
                          "us_per_record": round(cpu / count * 1e6, 3),
                          "wall_us_per_record": round(wall / count * 1e6, 3)}
     before, after = memory_at(bundle, 100_000)
-    results["rss_mb_before_100k_sessions"] = round(before, 1)
+    results["rss_mb_before_100k_sessions"] = round(before, 1)  # includes this bench's data
     results["rss_mb_with_100k_sessions"] = round(after, 1)
+    fresh = subprocess.run([sys.executable, __file__, "--rss-only", "--bundle", str(args.bundle)],
+                           capture_output=True, text=True, check=True).stdout.split()
+    results["rss_mb_sidecar_process_before"] = round(float(fresh[0]), 1)
+    results["rss_mb_sidecar_process_with_100k_sessions"] = round(float(fresh[1]), 1)
     if args.json:
         print(json.dumps(results))
         return
