@@ -116,6 +116,10 @@ def severity_name(number: int) -> str:
     return name if step == 0 else f"{name}{step + 1}"
 
 
+MAX_RESOURCE_COPIES = 1_000_000
+"""Resource attributes copied into records per request, at most (e.g. 50 x 20,000)."""
+
+
 def request_to_records(request: ExportLogsServiceRequest, max_record_bytes: int,
                        received_ns: int) -> MappedBatch:
     """Map every LogRecord of an Export request, rejecting those above ``max_record_bytes``.
@@ -128,29 +132,38 @@ def request_to_records(request: ExportLogsServiceRequest, max_record_bytes: int,
     parse (string fields as bytes).
     """
     mapped = MappedBatch(max_record_bytes)
+    budget = MAX_RESOURCE_COPIES
     for resource_logs in request.resource_logs:
+        # Converted once per ResourceLogs, copied (shallowly) into each record: records are
+        # annotated in place later. The copies are budgeted, so a small request declaring a
+        # huge resource for many records cannot blow up memory (counted as rejected).
+        resource_text = Utf8Text()
+        resource = key_values_to_dict(resource_logs.resource.attributes, resource_text)
+        service = resource.get("service.name")
+        tag = service if isinstance(service, str) and service else DEFAULT_TAG
         for scope_logs in resource_logs.scope_logs:
             for log_record in scope_logs.log_records:
                 if not mapped.admits(log_record):
                     continue
+                if budget < len(resource):
+                    mapped.rejected += 1
+                    continue
+                budget -= len(resource)
                 text = Utf8Text()
-                # Converted per record: records are annotated in place later,
-                # so they must not share mutable values.
-                resource = key_values_to_dict(resource_logs.resource.attributes, text)
+                text.replaced = resource_text.replaced
                 attributes = key_values_to_dict(log_record.attributes, text)
                 extras = {SCOPE_NAME_KEY: text(scope_logs.scope.name),
                           EVENT_NAME_KEY: text(log_record.event_name),
                           TRACE_ID_KEY: log_record.trace_id.hex(),
                           SPAN_ID_KEY: log_record.span_id.hex()}
                 attributes.update((key, value) for key, value in extras.items() if value)
-                service = resource.get("service.name")
                 record = Record(
                     body=body_text(log_record.body, text),
                     time_ns=(log_record.time_unix_nano or log_record.observed_time_unix_nano
                              or received_ns),
-                    tag=service if isinstance(service, str) and service else DEFAULT_TAG,
+                    tag=tag,
                     attributes=attributes,
-                    resource=resource,
+                    resource=dict(resource),
                     severity=(text(log_record.severity_text)
                               or severity_name(log_record.severity_number)),
                 )

@@ -75,7 +75,8 @@ RULES: tuple[KeyedRule, ...] = (
     KeyedRule(
         "secret",
         "SECRET",
-        _SECRET_WORDS + r"|credentials?|(?:\b|_)(?:pw|pass)"
+        _SECRET_WORDS + r"|credentials?|(?:\b|_)(?:pw|pass)|(?-i:[a-z0-9](?:Pass|Pw))"
+        r"|cookie|j?session[_-]?id|cvv2?|cvc2?|pin"
         r"|(?:access|secret|private|signing|encryption|master|account|auth(?:entication)?)"
         r"[ _-]?key",
     ),
@@ -116,7 +117,7 @@ RULES: tuple[KeyedRule, ...] = (
     ),
 )  # fmt: skip
 
-_SEP = r"""\\?["']?[ \t]*(?:=>|[:=]|%3[Dd])[ \t]*"""
+_SEP = r"""\\?["']?[ \t]*(?:=>|[:=]|%3[Dd])[ \t\r\n]*"""
 _LOOSE_SEP = r"""\\?["']?(?:[ \t]*(?:=>|[:=#]))?[ \t]*"""
 _OPEN_QUOTE = r"""(?:\\?["'][ \t]*)?"""
 # Groups: 1 "double-quoted", 2 'single-quoted', 3 \"escaped-quoted\", 4 bare (after an
@@ -126,7 +127,7 @@ _SECRET_VALUE = (
     r"|'([^'\r\n]*)'"
     r'|\\"((?:[^"\\\r\n]|\\[^"\r\n])*)\\"'
     r"|(?:(?:" + "|".join(_AUTH_SCHEMES) + r")[ \t]+)?([^\s\"',;&]+))"
-    r"|>([^<\r\n]+)</)"
+    r"|(?:\s[^<>\r\n]*)?>([^<\r\n]+)</)"
 )  # fmt: skip
 _SECRET_BARE = 4
 # Command-line flags ("--db-password x", "--token 'x'"): groups 1 "..", 2 '..', 3 bare.

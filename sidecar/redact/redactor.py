@@ -162,12 +162,17 @@ class Redactor:
 
     def _top_level(self, mapping: dict[Any, Any], counts: Counter[str]) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
-        for key, value in mapping.items():
-            name = key if isinstance(key, str) else str(key)
-            if _unscanned_scalar(value) and self._plain_key(name):
-                out[name] = value  # fast path: what _attribute would return unchanged
-                continue
-            if self._dropped(name, counts):
+        for index, (key, value) in enumerate(mapping.items()):
+            try:
+                name = key if isinstance(key, str) else str(key)
+                if _unscanned_scalar(value) and self._plain_key(name):
+                    out[name] = value  # fast path: what _attribute would return unchanged
+                    continue
+                if self._dropped(name, counts):
+                    continue
+            except Exception:  # fail closed: neither the key nor the value may pass
+                counts["failed"] += 1
+                out[f"{REDACTED}{index}"] = REDACTED
                 continue
             new_key = self._field(counts, self._key, name)
             out[new_key] = self._field(counts, self._redact_entry, name, value)

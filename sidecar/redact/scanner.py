@@ -87,8 +87,9 @@ class Scanner:
                 spans = match(_UNANCHORED, buf, pos, end)
                 if spans[0][0] < 0:
                     break
-                findings.extend(extract(buf, spans))
-                pos = spans[0][1]
+                found = extract(buf, spans)
+                findings.extend(found)
+                pos = _resume(buf, spans[0], found)
         if not self._allowed.empty:
             findings = self._allowed_only(buf, findings)
         if len(findings) < 2:
@@ -104,6 +105,23 @@ class Scanner:
             if not self._allowed.allows(buf[finding.start : finding.end].decode())
             and not self._allowed.allows(finding.value)
         ]
+
+
+RESCAN_SPAN = 96
+"""A match this short whose check rejected it (or kept only its start) is searched again
+from its next word: a greedy ``TX01 DE89...`` or ``token Bearer x`` must not hide the
+value that follows. Longer matches resume at their end, which keeps scanning linear."""
+
+
+def _resume(buf: bytes, span: tuple[int, int], found: list[Finding]) -> int:
+    start, stop = span
+    kept_to = max((f.end for f in found), default=start)
+    if kept_to >= stop or stop - start > RESCAN_SPAN:
+        return stop
+    if found:
+        return kept_to
+    space = buf.find(b" ", start + 1, stop)
+    return space + 1 if space >= 0 else stop
 
 
 def _position(finding: Finding) -> tuple[int, int]:

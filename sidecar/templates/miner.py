@@ -151,6 +151,11 @@ class MinerSettings:
     extra_masks: tuple[MaskPattern, ...] = field(
         default=(), metadata=_doc("site variable patterns, applied before the built-in ones")
     )
+    max_line_chars: int = field(
+        default=4096,
+        metadata=_doc("only a line's first chars are mined: bounds each template's memory",
+                      min=64, max=1_048_576),
+    )
 
     def __post_init__(self) -> None:
         _check_bounds(self)
@@ -285,7 +290,12 @@ class TemplateMiner:
     # --- public API ---------------------------------------------------------------------
 
     def add(self, body: str) -> MatchResult:
-        """Assign ``body`` to a template, learning from it; never raises for any text."""
+        """Assign ``body`` to a template, learning from it; never raises for any text.
+
+        Only the first ``max_line_chars`` characters count, so a stream of huge distinct
+        lines cannot make the table grow by megabytes per template.
+        """
+        body = body[: self.settings.max_line_chars]
         self._lines += 1
         shape = self.mask(body)
         hit = self._cache.get(shape)
@@ -304,6 +314,7 @@ class TemplateMiner:
     def match(self, body: str) -> MatchResult | None:
         """The template ``add`` would assign, without learning; None where ``add`` would
         start a template (or overflow). ``template`` is the text as it stands now."""
+        body = body[: self.settings.max_line_chars]
         shape = self.mask(body)
         hit = self._cache.get(shape)
         if hit is not None and hit[1].version == hit[2]:

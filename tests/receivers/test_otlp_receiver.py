@@ -318,3 +318,21 @@ def test_closing_pipeline_is_unavailable() -> None:
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
     run_bounded(scenario)
+
+
+def test_a_huge_resource_times_many_records_is_bounded() -> None:
+    """A small request declaring a big resource for many records cannot blow up memory."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+    from sidecar.receivers.otlp import MAX_RESOURCE_COPIES, request_to_records
+
+    attributes = [KeyValue(key=f"k{i}", value=AnyValue(int_value=i)) for i in range(2000)]
+    request = ExportLogsServiceRequest(resource_logs=[ResourceLogs(
+        resource=Resource(attributes=attributes),
+        scope_logs=[ScopeLogs(log_records=[LogRecord() for _ in range(2000)])])])
+    mapped = request_to_records(request, 1 << 20, 1)
+    kept = MAX_RESOURCE_COPIES // 2000
+    assert len(mapped.records) == kept and mapped.rejected == 2000 - kept

@@ -364,3 +364,36 @@ def test_scalar_attribute_fast_path_keeps_every_rule():
         assert "debug" not in a
         assert str(a["n"]).startswith("<CARD:")
         assert not any("alice" in k for k in a)
+
+
+@pytest.mark.parametrize("line, raw", [
+    ("transfer DE89370400440532013000 GB29NWBK60161331926819 100.00", "GB29NWBK60161331926819"),
+    ("TX01 DE89370400440532013000", "DE89370400440532013000"),
+    ("ref AB12 GB82WEST12345698765432", "GB82WEST12345698765432"),
+    ("401 rejected token Bearer 9f8e7d6c5b4a3f2e1d0c7b6a", "9f8e7d6c5b4a3f2e1d0c7b6a"),
+    ('<wsse:Password Type="x#PasswordText">s3cr3t!Pw</wsse:Password>', "s3cr3t!Pw"),
+    ("dbPass=hunter2", "hunter2"),
+    ('{"adminPw":"hunter2"}', "hunter2"),
+    ("Cookie: JSESSIONID=8F7A6B5C4D3E2F1A", "8F7A6B5C4D3E2F1A"),
+    ("cvv=123 pin=4821", "4821"),
+    ('{\n "password":\n "hunter2"\n}', "hunter2"),
+])
+def test_values_hidden_behind_a_rejected_match_or_odd_syntax_are_found(line, raw):
+    """Regressions from a review: each of these leaked before."""
+    redactor = Redactor(RedactionSettings(), b"s" * 32)
+    out, _ = redactor.redact_text(line)
+    assert raw not in out
+    assert redactor.redact_text(out)[0] == out  # still idempotent
+
+
+@pytest.mark.parametrize("line", ["PIN verification ok for customer", "spinning up pinned worker",
+                                  "order 1234567890123456 shipped"])
+def test_new_keys_leave_ordinary_words_alone(line):
+    assert Redactor(RedactionSettings(), b"s" * 32).redact_text(line)[0] == line
+
+
+def test_an_attribute_key_that_cannot_be_processed_fails_closed():
+    record = Record(body="x", attributes={"\ud800": 1, "ok": 2})
+    Redactor(RedactionSettings(), b"s" * 32).redact_record(record)
+    assert record.attributes == {"<REDACTED>0": "<REDACTED>", "ok": 2}
+    assert record.redactions["failed"] == 1 and Flag.REDACTION_FAILED in record.flags

@@ -276,3 +276,11 @@ def test_default_settings_group_loghub_systems_accurately() -> None:
         accuracies.append(_grouping_accuracy(predicted, [row["EventId"] for row in rows]))
     assert len(accuracies) == 16
     assert sum(accuracies) / len(accuracies) >= 0.9
+
+
+def test_only_the_first_max_line_chars_are_mined():
+    miner = TemplateMiner(MinerSettings(max_line_chars=64))
+    first = miner.add("job started " + "x" * 5000)
+    second = miner.add("job started " + "y" * 5000)
+    assert len(first.template) == len(second.template) == 64
+    assert miner.match("job started " + "x" * 9000) == miner.match("job started " + "x" * 52)
