@@ -121,7 +121,11 @@ class BundleWatcher(Generic[T]):
             bundle = load_bundle(self.directory)
             if skip_unchanged and self.bundle is not None and bundle.card == self.bundle.card:
                 return None  # the same bundle re-published: keep the sessions running
-            built = self._build(bundle)
+            try:
+                built = self._build(bundle)
+            except Exception as exc:  # e.g. a vocabulary the runtime cannot use
+                raise BundleError(f"bundle {self.directory}: cannot be used "
+                                  f"({type(exc).__name__})") from None
         except BundleError as exc:
             self._metrics.loads.labels(role=self.role, result="refused").inc()
             log.error("refused %s bundle: %s", self.role, exc)

@@ -103,3 +103,20 @@ def test_hot_reload_under_load_loses_no_record(harness, make_bundle, stand_in_re
     assert h.metric("logminer_scoring_records_total") == len(scored)
     assert h.scorer.live_bundle.card.version == 3
     assert h.metric("logminer_scoring_model_loads_total", role="live", result="loaded") >= 2
+
+
+def test_a_bundle_the_runtime_cannot_use_is_refused_not_raised(tmp_path):
+    """A build failure other than BundleError (here: a broken vocabulary map) is a refusal."""
+    import pytest
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.scoring.bundle import BundleError
+    from sidecar.scoring.reload import BundleWatcher, ReloadMetrics
+
+    def broken_build(bundle):
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    watcher = BundleWatcher(str(Path(__file__).parents[1] / "testdata/bundles/tiny"), "live",
+                            broken_build, ReloadMetrics(CollectorRegistry()), 0.0, time.monotonic)
+    with pytest.raises(BundleError, match="cannot be used"):
+        watcher.load()
