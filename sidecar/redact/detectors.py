@@ -164,7 +164,7 @@ def _card(buf: bytes, spans: Spans) -> list[Finding]:
     # does not. Groups glued to a word belong to an identifier (a block id, the digits
     # heading a hex hash), not to a card. Each start tries 4 windows: linear.
     start, end = spans[0]
-    groups = buf[start:end].replace(b"-", b" ").split(b" ")
+    groups = buf[start:end].replace(b"-", b" ").replace(b"+", b" ").split(b" ")
     lengths = [len(group) for group in groups]
     offsets = [start]
     for length in lengths[:-1]:
@@ -394,11 +394,12 @@ BUILTIN: tuple[Detector, ...] = (
     Detector("npm", rb"\bnpm_[A-Za-z0-9]{36}\b", simple("NPM_TOKEN")),
     Detector(
         "email",
-        rb"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+        # \pL / \pN: internationalised addresses (josé@, @müller.de) are addresses too.
+        rb"[\pL\pN._%+-]+(?:@|%40)[\pL\pN-]+(?:\.[\pL\pN-]+)*\.\pL{2,}",
         _email,
     ),
     Detector("iban", rb"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,32}", _iban),
-    Detector("card", rb"[0-9](?:[ -]?[0-9]){12,}", _card),
+    Detector("card", rb"[0-9](?:[ +-]?[0-9]){12,}", _card),  # '+': form-encoded spaces
     Detector("ssn", rb"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b", simple("SSN", _ssn)),
     Detector(
         "national_id",

@@ -42,9 +42,9 @@ _SCANNED_NUMBER = 1_000_000
 
 
 def _unscanned_scalar(value: Any) -> bool:
-    """A value ``_scalar`` leaves alone under an unkeyed key: None, bool, float, small int."""
-    return (value is None or isinstance(value, (bool, float))
-            or (isinstance(value, int) and abs(value) < _SCANNED_NUMBER))
+    """A value ``_scalar`` leaves alone under an unkeyed key: None, bool, a small number."""
+    return (value is None or isinstance(value, bool)
+            or (isinstance(value, (int, float)) and abs(value) < _SCANNED_NUMBER))
 
 
 def _compact(value: Any) -> str:
@@ -285,9 +285,11 @@ class Redactor:
             text = value
         elif isinstance(value, (int, float)):
             keyed = key is not None and self._keyed.classify(key) >= 0
-            if not keyed and not (isinstance(value, int) and abs(value) >= _SCANNED_NUMBER):
+            if not keyed and not abs(value) >= _SCANNED_NUMBER:  # NaN stays, too
                 return
-            text = str(value)
+            # A card number that went through a float (JSON 4111111111111111.0) is digits.
+            text = (str(int(value)) if isinstance(value, float) and value.is_integer()
+                    else str(value))
         elif isinstance(value, (bytes, bytearray)):
             text = bytes(value).decode("utf-8", "replace")
             holder[slot] = text

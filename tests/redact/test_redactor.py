@@ -397,3 +397,19 @@ def test_an_attribute_key_that_cannot_be_processed_fails_closed():
     Redactor(RedactionSettings(), b"s" * 32).redact_record(record)
     assert record.attributes == {"<REDACTED>0": "<REDACTED>", "ok": 2}
     assert record.redactions["failed"] == 1 and Flag.REDACTION_FAILED in record.flags
+
+
+@pytest.mark.parametrize("line, raw", [
+    ("mail to josé@gmail.com", "josé@gmail.com"),
+    ("user@müller.de wrote", "müller.de"),
+    ("POST /pay card=4111+1111+1111+1111", "4111+1111+1111+1111"),
+])
+def test_international_addresses_and_form_encoded_cards(line, raw):
+    assert raw not in Redactor(RedactionSettings(), b"s" * 32).redact_text(line)[0]
+
+
+def test_a_card_number_carried_as_a_float_attribute_is_redacted():
+    record = Record(body="x", attributes={"pan": 4111111111111111.0, "amount": 12.5})
+    Redactor(RedactionSettings(), b"s" * 32).redact_record(record)
+    assert str(record.attributes["pan"]).startswith("<CARD:")
+    assert record.attributes["amount"] == 12.5
