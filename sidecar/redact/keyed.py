@@ -256,9 +256,12 @@ class KeyedRules:
         # object under a key naming a secret. Never matches when no rule is enabled.
         all_keys = "|".join(rule.keys for rule in rules) or r"\b\B"
         secret_keys = "|".join(rule.keys for rule in rules if rule.value is None)
+        # Also name/value pairs whose name is a keyed key (Kubernetes env, HAR, ECS/SSM):
+        # {"name": "DB_PASSWORD", "value": "..."}.
         self._needs_walk = re2.compile(
             rf'(?i)(?:{all_keys})"\s*:\s*\[\s*[^\s\]]'
             + (rf'|(?:{secret_keys})"\s*:\s*{{\s*[^\s}}]' if secret_keys else "")
+            + rf'|"(?:name|key)"\s*:\s*"[^"\\]*(?:{all_keys})"'
         )
 
     def detectors(self) -> list[Detector]:

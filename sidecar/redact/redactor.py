@@ -255,12 +255,14 @@ class Redactor:
         if isinstance(value, dict):
             inner: dict[str, Any] = {}
             holder[slot] = inner
+            pair_key = self._pair_key(value)
             for name, item in value.items():
                 new_name = self._key(name, counts)
                 if self._is_secret_structure(name, item):
                     inner[new_name] = self._secret_structure(name, item, counts)
                 else:
-                    self._json(inner, new_name, name, item, pending, counts)
+                    context = pair_key if pair_key is not None and name == "value" else name
+                    self._json(inner, new_name, context, item, pending, counts)
         elif isinstance(value, list):
             items: list[Any] = [None] * len(value)
             holder[slot] = items
@@ -331,6 +333,16 @@ class Redactor:
                 finding = finding._replace(type=found[0].type, value=found[0].value)
             specific.append(finding)
         return specific
+
+    def _pair_key(self, mapping: dict[str, Any]) -> str | None:
+        """The keyed ``name``/``key`` of a name/value pair object, whose ``value`` it governs
+        (``{"name": "DB_PASSWORD", "value": "..."}``), else None."""
+        for field_name in ("name", "key"):
+            candidate = mapping.get(field_name)
+            if isinstance(candidate, str) and "value" in mapping \
+                    and self._keyed.classify(candidate) >= 0:
+                return candidate
+        return None
 
     def _is_secret_structure(self, key: str, value: Any) -> bool:
         if not isinstance(value, (dict, list, tuple)) or not value:

@@ -413,3 +413,11 @@ def test_a_card_number_carried_as_a_float_attribute_is_redacted():
     Redactor(RedactionSettings(), b"s" * 32).redact_record(record)
     assert str(record.attributes["pan"]).startswith("<CARD:")
     assert record.attributes["amount"] == 12.5
+
+
+def test_name_value_pairs_give_the_value_its_name_s_rule():
+    redactor = Redactor(RedactionSettings(), b"s" * 32)
+    env = '{"env":[{"name":"DB_PASSWORD","value":"s3cr3tPw"},{"name":"LOG_LEVEL","value":"info"}]}'
+    out = redactor.redact_text(env)[0]
+    assert "s3cr3tPw" not in out and '"value":"info"' in out
+    assert "hunter2" not in redactor.redact_text('{"name":"password","value":"hunter2"}')[0]
