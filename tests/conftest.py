@@ -75,12 +75,16 @@ def _openssl(*args: str | Path) -> None:
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    """A throwaway CA, a server certificate and a client certificate.
+
+    The server certificate names 127.0.0.1, localhost and ``logminer`` (the name the TLS
+    shipper snippets in fluent-plugin-config/ verify).
+    """
     d = tmp_path_factory.mktemp("certs")
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     _openssl("req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.crt",
              "-subj", "/CN=test-ca", "-days", "1")
-    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    (d / "server.ext").write_text("subjectAltName=DNS:localhost,DNS:logminer,IP:127.0.0.1\n")
     for name, extra in (("server", ("-extfile", d / "server.ext")), ("client", ())):
         _openssl("req", *ec, "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr",
                  "-subj", f"/CN={name}")

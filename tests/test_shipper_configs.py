@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent / "fluent-plugin-config"
 CA_FILE = "/etc/logminer/tls/ca.crt"
 SIDECAR_CERT = "/etc/logminer/tls/tls.crt"
 SIDECAR_KEY = "/etc/logminer/tls/tls.key"
-SIDECAR_TLS_NAME = "logminer"  # the certificate's DNS SAN; also the codec's self_hostname
+SIDECAR_TLS_NAME = "logminer"  # a DNS SAN of the `certs` fixture; also the codec's self_hostname
 SHARED_KEY_REF = "${" + defaults.FORWARD_SHARED_KEY_ENV + "}"  # Fluent Bit's env syntax
 # Downstream: the aggregator's in_forward port. Not a sidecar default yet (the forward exporter
 # that will send there is not built); it must differ from the sidecar's own forward port.
@@ -469,40 +467,21 @@ def test_sidecar_tls_config_refuses_to_start_without_the_shared_key_env(tmp_path
 
 # ----------------------------------------------------- TLS end to end, as the snippets connect
 
-openssl = shutil.which("openssl")
-needs_openssl = pytest.mark.skipif(openssl is None, reason="openssl CLI not installed")
-
-
-def make_certificates(directory: Path) -> None:
-    """A CA and a sidecar certificate with the SANs the README asks for (EC keys: fast)."""
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
-
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=logminer test CA")
-    # The CN names nothing a client checks, so only the SANs can make verification pass.
-    run("req", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=sidecar under test")
-    (directory / "san.ext").write_text(f"subjectAltName=DNS:{SIDECAR_TLS_NAME},IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "tls.crt", "-days", "2", "-extfile", "san.ext")
-
-
-def tls_app(directory: Path, shared_key: bytes) -> Any:
-    """The App from logminer-tls.yaml with the cert paths moved to ``directory``, free ports."""
+def tls_app(certs: Path, data_dir: Path, shared_key: bytes) -> Any:
+    """The App from logminer-tls.yaml with the test certificates, on free ports."""
     cfg = yaml.safe_load(text("sidecar/logminer-tls.yaml"))
     for receiver in cfg["receivers"].values():
         receiver["port"] = 0
-        receiver["tls"] = {"cert_file": str(directory / "tls.crt"),
-                           "key_file": str(directory / "tls.key")}
+        receiver["tls"] = {"cert_file": str(certs / "server.crt"),
+                           "key_file": str(certs / "server.key")}
     cfg["http"] = {"enabled": False}
     cfg["pipeline"] = {"batch": {"max_delay_ms": 2}}
     cfg["scoring"] = {"model_dir": str(TINY_BUNDLE)}
-    return in_process_app(directory / "data", yaml.safe_dump(cfg), forward_shared_key=shared_key)
+    return in_process_app(data_dir, yaml.safe_dump(cfg), forward_shared_key=shared_key)
 
 
-@needs_openssl
-def test_shippers_connect_to_the_tls_sidecar_as_the_snippets_configure(tmp_path: Path) -> None:
+def test_shippers_connect_to_the_tls_sidecar_as_the_snippets_configure(
+        tmp_path: Path, certs: Path) -> None:
     """Forward (Fluentd/Fluent Bit: CA + name `logminer` + shared key), Lumberjack (Filebeat:
     CA + address 127.0.0.1) and OTLP (Collector: CA + server_name_override) each get an ack.
 
@@ -524,9 +503,8 @@ def test_shippers_connect_to_the_tls_sidecar_as_the_snippets_configure(tmp_path:
     filebeat_host = filebeat_output("filebeat/filebeat-tls.yml")["hosts"][0].rsplit(":", 1)[0]
     otlp_name = load_yaml("otel-collector/config-tls.yaml")["exporters"][EXPORTER]["tls"][
         "server_name_override"]
-    make_certificates(tmp_path)
     key = b"shared-secret"
-    context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
 
     def forward_client(port: int) -> str:
         conn = forward.ClientConnection(shared_key=key, self_hostname="fluentd-node-1")
@@ -559,7 +537,7 @@ def test_shippers_connect_to_the_tls_sidecar_as_the_snippets_configure(tmp_path:
                         return event.seq
 
     def otlp_client(port: int) -> None:
-        credentials = grpc.ssl_channel_credentials((tmp_path / "ca.crt").read_bytes())
+        credentials = grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes())
         options = (("grpc.ssl_target_name_override", otlp_name),)
         with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options) as channel:
             body = common_pb2.AnyValue(string_value="via otlp")
@@ -568,7 +546,7 @@ def test_shippers_connect_to_the_tls_sidecar_as_the_snippets_configure(tmp_path:
             otlp_grpc.LogsServiceStub(channel).Export(request, timeout=10)
 
     async def scenario() -> None:
-        app = tls_app(tmp_path, key)
+        app = tls_app(certs, tmp_path / "data", key)
         await app.start()
         try:
             assert await asyncio.to_thread(forward_client, port_of(app, "forward")) == "c1"
