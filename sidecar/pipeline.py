@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -264,7 +265,7 @@ class Pipeline:
             await _finish(task, self._remaining())
         if isinstance(self._spool, MemorySpool):
             lost += max((sum(len(decode(entry.payload)) for entry in
-                             self._spool.read(e.name, self._spool.backlog(e.name)[0]))
+                             self._spool.read(e.name, sys.maxsize))
                          for e in self._exporters), default=0)
         if lost:
             self._telemetry.dropped.labels(reason="shutdown").inc(lost)
@@ -416,9 +417,9 @@ class Pipeline:
         spooled = self._spooled[exporter.name]
         while True:
             spooled.clear()  # before reading: an append after the read sets it again
-            entries, (_, age) = await asyncio.to_thread(
-                lambda: (self._spool.read(exporter.name, READ_ENTRIES),
-                         self._spool.backlog(exporter.name)))
+            entries = await asyncio.to_thread(self._spool.read, exporter.name, READ_ENTRIES)
+            # The first unread entry is the oldest this exporter has not delivered.
+            age = (time.time_ns() - entries[0].appended_ns) / 1e9 if entries else 0.0
             self._telemetry.spool_backlog_seconds.labels(exporter=exporter.name).set(age)
             self._count_expired()
             if not entries:

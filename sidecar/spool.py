@@ -99,8 +99,6 @@ class Spool(Protocol):
 
     def commit(self, consumer: str, position: Position) -> None: ...
 
-    def backlog(self, consumer: str) -> tuple[int, float]: ...
-
     @property
     def bytes_used(self) -> int: ...
 
@@ -183,13 +181,6 @@ class MemorySpool(_Bounded):
             self._first += max(done, 0)
         if freed:
             self._freed(freed)
-
-    def backlog(self, consumer: str) -> tuple[int, float]:
-        """(entries not yet committed by ``consumer``, age in seconds of the oldest)."""
-        with self._lock:
-            pending = self._entries[self._cursors[consumer] - self._first:]
-        age = (time.time_ns() - pending[0].appended_ns) / 1e9 if pending else 0.0
-        return len(pending), age
 
     def close(self) -> None:
         return None
@@ -381,31 +372,9 @@ class FileSpool(_Bounded):
         if freed:
             self._freed(freed)
 
-    def backlog(self, consumer: str) -> tuple[int, float]:
-        """(bytes not yet committed by ``consumer``, age in seconds of its oldest entry)."""
-        with self._lock:
-            cursor = self._cursors[consumer]
-            sizes = {s: _size(self._segment_path(s)) for s in self._segments
-                     if s >= cursor.segment}
-        pending = sum(sizes.values()) - (cursor.offset if cursor.segment in sizes else 0)
-        first = self._read_segment(cursor.segment, cursor.offset, 1) if pending else []
-        if pending and not first:  # cursor at a segment end: the next segment holds the oldest
-            later = [s for s in sizes if s > cursor.segment]
-            first = self._read_segment(later[0], 0, 1) if later else []
-        age = (time.time_ns() - first[0].appended_ns) / 1e9 if first else 0.0
-        return pending, age
-
     def close(self) -> None:
         with self._lock:
             if not self._tail.closed:
                 self._tail.flush()
                 os.fsync(self._tail.fileno())
                 self._tail.close()
-
-
-def _size(path: Path) -> int:
-    """A segment's size; 0 if it is gone (deleted under us: readiness reports the spool)."""
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0

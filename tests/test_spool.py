@@ -134,17 +134,6 @@ def test_entries_past_max_age_are_skipped_and_counted(tmp_path):
     spool.close()
 
 
-def test_backlog_reports_pending_bytes_and_oldest_age(tmp_path):
-    spool = FileSpool(tmp_path, small(), ["out"])
-    assert spool.backlog("out") == (0, 0.0)
-    spool.append(b"z" * 10)
-    pending, age = spool.backlog("out")
-    assert pending > 10 and age >= 0
-    spool.commit("out", spool.read("out", 1)[0].end)
-    assert spool.backlog("out") == (0, 0.0)
-    spool.close()
-
-
 def test_unusable_directory_is_a_clear_error(tmp_path):
     occupied = tmp_path / "spool"
     occupied.write_text("a file where the spool directory should be")
